@@ -1,0 +1,217 @@
+//! `POST /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/deliveries`.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, Path, State},
+    http::{header, HeaderMap, StatusCode},
+    Json,
+};
+use chrono::Utc;
+use flotilla_shared::{
+    amqp::{headers, json_properties},
+    job::{canonical_json, Envelope, Job, JobRequest, JobStatus, JobUrls, SubmitResponse, ENVELOPE_VERSION},
+    names::HEADER_ATTEMPT,
+    store::{IdempotencyClaim, StoredJob},
+};
+use serde_json::Value;
+
+use super::{validate, ApiError, AppState, AuthTenant};
+
+/// Header naming a caller's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+fn submit_response(id: &str, status: JobStatus, created_at: chrono::DateTime<Utc>) -> SubmitResponse {
+    SubmitResponse {
+        id: id.to_owned(),
+        status,
+        created_at,
+        urls: JobUrls {
+            get: format!("/v1/jobs/{id}"),
+        },
+    }
+}
+
+fn parse_body(body: Result<Bytes, BytesRejection>, headers: &HeaderMap, limit: usize) -> Result<JobRequest, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("Content-Type must be application/json, not {ct:?}"),
+            ));
+        }
+    }
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rej.body_text())
+        }
+    })?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}"))
+    })?;
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+}
+
+/// `POST /v1/jobs`.
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let req = parse_body(body, &headers, st.config.jobs.max_body_bytes)?;
+    let has_secret = st
+        .tenants
+        .get(&tenant)
+        .is_some_and(|t| t.webhook_secret.is_some());
+    validate::request(&req, &st.config, has_secret)?;
+    let idem_key = match headers.get(IDEMPOTENCY_HEADER) {
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key: not ASCII")
+            })?;
+            validate::idempotency_key(v)?;
+            Some(v.to_owned())
+        }
+        None => None,
+    };
+    let canonical = canonical_json(
+        &serde_json::to_value(&req).map_err(|e| ApiError::internal(&e))?,
+    );
+    let body_hash = flotilla_shared::sha256_hex(canonical.as_bytes());
+
+    let env = Envelope {
+        v: ENVELOPE_VERSION,
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant: tenant.clone(),
+        model: req.model,
+        input: req.input,
+        params: req.params.unwrap_or_else(|| Value::Object(Default::default())),
+        webhook: req.webhook,
+        metadata: req.metadata.unwrap_or_else(|| Value::Object(Default::default())),
+        created_at: Utc::now(),
+        deadline: req.deadline,
+        timeout_s: req.timeout_s,
+    };
+
+    // The record exists before the idempotency key points at it, so a concurrent duplicate
+    // that reads the key always finds the record.
+    st.store
+        .create(&env, &body_hash, idem_key.as_deref())
+        .await?;
+
+    if let Some(key) = &idem_key {
+        // Loops only when the key vanished between SET NX and GET (expiry, a failed winner).
+        for _ in 0..5 {
+            match st
+                .store
+                .reserve_idempotency(&tenant, key, &env.id, &body_hash)
+                .await
+            {
+                Ok(IdempotencyClaim::Reserved) => break,
+                Ok(IdempotencyClaim::Vanished) => continue,
+                Ok(IdempotencyClaim::Existing { job_id, body_hash: existing_hash }) => {
+                    st.store.discard_submission(&env.id).await?;
+                    if existing_hash != body_hash {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "idempotency_conflict",
+                            "Idempotency-Key was already used with a different request body",
+                        ));
+                    }
+                    let existing = st.store.get(&job_id).await?.ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::CONFLICT,
+                            "idempotency_conflict",
+                            "the job of this Idempotency-Key failed to enqueue; retry shortly",
+                        )
+                    })?;
+                    return Ok((
+                        StatusCode::OK,
+                        Json(submit_response(&job_id, existing.job.status, existing.job.created_at)),
+                    ));
+                }
+                Err(e) => {
+                    let _ = st.store.discard_submission(&env.id).await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    if let Err(err) = publish(&st, &env).await {
+        tracing::warn!(job_id = %env.id, %err, "publish failed; job not accepted");
+        // Leave no `queued` orphan and free the idempotency key for a retry.
+        if let Err(e) = st.store.discard_submission(&env.id).await {
+            tracing::error!(job_id = %env.id, err = %e, "could not discard the unpublished record; it expires by itself");
+        }
+        if let Some(key) = &idem_key {
+            let _ = st.store.release_idempotency(&tenant, key, &env.id).await;
+        }
+        return Err(ApiError::unavailable(
+            "the job could not be queued (broker unavailable); nothing was accepted, try again",
+        ));
+    }
+    if let Err(err) = st.store.commit_submission(&env.id).await {
+        // The message is durable; a worker's claim makes the record permanent too.
+        tracing::warn!(job_id = %env.id, %err, "could not commit the record after publish");
+    }
+    tracing::info!(job_id = %env.id, tenant = %tenant, model = %env.model, "job accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(submit_response(&env.id, JobStatus::Queued, env.created_at)),
+    ))
+}
+
+async fn publish(st: &AppState, env: &Envelope) -> Result<(), flotilla_shared::amqp::PublishError> {
+    let publisher = st.broker.publisher().await?;
+    let body = serde_json::to_vec(env).map_err(|e| {
+        flotilla_shared::amqp::PublishError::Returned(format!("unserialisable envelope: {e}"))
+    })?;
+    let props = json_properties(&env.id, headers([], [(HEADER_ATTEMPT, 0)]));
+    let names = st.store.names();
+    let pool = st.config.jobs.pools.first().map(String::as_str).unwrap_or("default");
+    publisher
+        .publish(&names.jobs_exchange(), pool, &body, props)
+        .await
+}
+
+async fn load_own(st: &AppState, tenant: &str, id: &str) -> Result<StoredJob, ApiError> {
+    let not_found = || ApiError::not_found(format!("no job {id:?}"));
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(not_found());
+    }
+    match st.store.get(id).await? {
+        Some(job) if job.tenant == tenant => Ok(job),
+        _ => Err(not_found()),
+    }
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn get(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(load_own(&st, &tenant, &id).await?.job))
+}
+
+/// `GET /v1/jobs/{id}/deliveries`.
+pub async fn deliveries(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load_own(&st, &tenant, &id).await?;
+    let log = st.store.deliveries(&id).await?;
+    Ok(Json(serde_json::json!({"deliveries": log})))
+}

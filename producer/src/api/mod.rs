@@ -1,0 +1,89 @@
+//! The HTTP API (axum).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /v1/jobs` | `202 {id, status, created_at, urls}`; `200` for a repeated `Idempotency-Key` |
+//! | `GET /v1/jobs/{id}` | the job resource |
+//! | `GET /v1/jobs/{id}/deliveries` | the job's webhook delivery log |
+//! | `GET /v1/models` | the model catalogue |
+//! | `GET /healthz` | `200` while the process runs |
+//! | `GET /readyz` | `200` when the broker and Redis answer, else `503` |
+
+mod auth;
+pub mod error;
+mod jobs;
+mod validate;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+use flotilla_shared::{config::FileConfig, config::TenantIndex, store::Store};
+use serde_json::json;
+
+use crate::broker::BrokerLink;
+
+pub use auth::AuthTenant;
+pub use error::ApiError;
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// Job store.
+    pub store: Store,
+    /// Broker link.
+    pub broker: Arc<BrokerLink>,
+    /// Tenants by API-key hash.
+    pub tenants: TenantIndex,
+    /// File config (limits, models, webhooks).
+    pub config: FileConfig,
+}
+
+/// Builds the router over shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.jobs.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::create))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/deliveries", get(jobs::deliveries))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limit))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
+    let broker = st.broker.is_connected().await;
+    let redis = st.store.ping().await.is_ok();
+    let status = if broker && redis {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"broker": broker, "redis": redis})))
+}
+
+async fn models(
+    State(st): State<Arc<AppState>>,
+    _tenant: AuthTenant,
+) -> Json<serde_json::Value> {
+    use flotilla_shared::catalog::{ModelName, ENCODINGS};
+    let list: Vec<_> = ModelName::ALL
+        .into_iter()
+        .filter(|m| *m != ModelName::Sim || st.config.models.sim.enabled)
+        .map(|m| {
+            let input = match m {
+                ModelName::Tokens => json!({"text": "string", "encoding": ENCODINGS}),
+                ModelName::Sim => json!({}),
+                _ => json!({"text": "string"}),
+            };
+            json!({"name": m.as_str(), "backend": if m == ModelName::Sim { "sim" } else { "builtin" }, "input": input})
+        })
+        .collect();
+    Json(json!({"models": list}))
+}

@@ -1,0 +1,1 @@
+//! The `flotilla` CLI internals (filled in below).

@@ -1,0 +1,239 @@
+//! [`Client`]: the Rust client library of the Flotilla API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flotilla_producer::ClientError> {
+//! use flotilla_producer::Client;
+//! use flotilla_shared::job::JobRequest;
+//! let client = Client::new("http://127.0.0.1:8080", "demo-key")?;
+//! let req = JobRequest {
+//!     model: "sentiment".into(),
+//!     input: serde_json::json!({"text": "Great phone, love it"}),
+//!     params: None, webhook: None, metadata: None, timeout_s: None, deadline: None,
+//! };
+//! let submitted = client.submit(&req, None).await?;
+//! let job = client.wait(&submitted.response.id, std::time::Duration::from_secs(30)).await?;
+//! println!("{:?}", job.output);
+//! # Ok(()) }
+//! ```
+
+use std::{fmt, time::Duration};
+
+use flotilla_shared::job::{Job, JobRequest, SubmitResponse};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL is not a URL.
+    #[error("invalid base URL {0:?}")]
+    InvalidUrl(String),
+    /// Transport failure (connect, TLS, timeout, body).
+    #[error("HTTP request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The API answered an error.
+    #[error("API error {status} {kind}: {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// `error.type`.
+        kind: String,
+        /// `error.message`.
+        message: String,
+    },
+    /// [`Client::wait`] gave up before the job ended.
+    #[error("job {0} did not finish within {1:?}")]
+    WaitTimeout(String, Duration),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, if it is one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            Self::Http(e) => e.status(),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same call may succeed (transport errors, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Http(_) => true,
+            Self::Api { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// The API's body.
+    pub response: SubmitResponse,
+    /// `true` for a new job (202), `false` when an `Idempotency-Key` matched an existing one (200).
+    pub created: bool,
+}
+
+/// A client of one Flotilla API with one API key. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of the API at `base_url` (e.g. `http://127.0.0.1:8080`).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidUrl`], or [`ClientError::Http`] if the HTTP client cannot be built.
+    pub fn new(base_url: &str, api_key: &str) -> Result<Self, ClientError> {
+        let parsed = reqwest::Url::parse(base_url)
+            .map_err(|_| ClientError::InvalidUrl(base_url.to_owned()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::InvalidUrl(base_url.to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            api_key: api_key.to_owned(),
+            http,
+        })
+    }
+
+    /// The API base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let field = |k: &str| {
+            body.pointer(&format!("/error/{k}"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Err(ClientError::Api {
+            status,
+            kind: field("type"),
+            message: field("message"),
+        })
+    }
+
+    /// `POST /v1/jobs`, with an optional `Idempotency-Key`.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with the API's 4xx/5xx reason, or a transport error.
+    pub async fn submit(
+        &self,
+        req: &JobRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, ClientError> {
+        let mut call = self
+            .http
+            .post(format!("{}/v1/jobs", self.base))
+            .bearer_auth(&self.api_key)
+            .json(req);
+        if let Some(k) = idempotency_key {
+            call = call.header("Idempotency-Key", k);
+        }
+        let resp = Self::check(call.send().await?).await?;
+        let created = resp.status() == StatusCode::ACCEPTED;
+        Ok(Submitted {
+            response: resp.json().await?,
+            created,
+        })
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] (404 for an unknown job or another tenant's), or a transport error.
+    pub async fn get(&self, id: &str) -> Result<Job, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+
+    /// `GET /v1/jobs/{id}` as raw JSON (to compare with webhook bodies byte for value).
+    ///
+    /// # Errors
+    /// As [`Self::get`].
+    pub async fn get_raw(&self, id: &str) -> Result<Value, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+
+    /// `GET /v1/jobs/{id}/deliveries`: the webhook delivery log.
+    ///
+    /// # Errors
+    /// As [`Self::get`].
+    pub async fn deliveries(&self, id: &str) -> Result<Vec<Value>, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/jobs/{id}/deliveries", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        let body: Value = Self::check(resp).await?.json().await?;
+        Ok(body
+            .get("deliveries")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Polls `GET /v1/jobs/{id}` (20 ms doubling to 500 ms) until the job is terminal.
+    ///
+    /// Transient errors (a restarting API) are retried within the same `timeout`.
+    ///
+    /// # Errors
+    /// [`ClientError::WaitTimeout`] after `timeout`; a permanent API error at once.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Job, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.get(id).await {
+                Ok(job) if job.status.is_terminal() => return Ok(job),
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(ClientError::WaitTimeout(id.to_owned(), timeout));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! Typed configuration: connection flags with env fallbacks, plus one TOML file for the
+//! structured parts (tenants, models, limits, retry policy).
+//!
+//! Every field has a default that works on a laptop with RabbitMQ and Redis on localhost.
+//! [`FileConfig::load`] validates everything before any connection is made; binaries print the
+//! error and exit non-zero.
+
+use std::{collections::HashMap, fmt, path::Path, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::{names::Names, telemetry::LogFormat, webhook::WebhookSecret};
+
+/// Default broker URL (`DESIGN.md`), with a 10 s heartbeat.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// Connection settings every binary takes (flags, with `FLOTILLA_*` env fallbacks).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost?heartbeat=10`).
+    #[arg(long, env = "FLOTILLA_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(long, env = "FLOTILLA_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
+    pub redis_url: String,
+    /// Prefix of every exchange, queue and Redis key (`a-z0-9-_`).
+    #[arg(long, env = "FLOTILLA_NAMESPACE", default_value = "flotilla")]
+    pub namespace: String,
+    /// TOML file with tenants, models and limits (see `config/flotilla.toml`).
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ConnArgs {
+    /// Validates the namespace and loads the config file (defaults when none is given).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad value; nothing has connected yet.
+    pub fn load(&self) -> Result<(Names, FileConfig), ConfigError> {
+        let names = Names::new(&self.namespace).map_err(|e| ConfigError(e.to_string()))?;
+        url_scheme(&self.amqp_url, &["amqp", "amqps"], "--amqp-url")?;
+        url_scheme(&self.redis_url, &["redis", "rediss"], "--redis-url")?;
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Ok((names, file))
+    }
+}
+
+fn url_scheme(url: &str, schemes: &[&str], flag: &str) -> Result<(), ConfigError> {
+    match url.split_once("://") {
+        Some((scheme, rest)) if schemes.contains(&scheme) && !rest.is_empty() => Ok(()),
+        _ => Err(ConfigError(format!(
+            "{flag}: expected a URL starting with {}://",
+            schemes.join(":// or ")
+        ))),
+    }
+}
+
+/// A configuration problem, said in one sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// The TOML file. Every section and field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Job limits and lifetimes.
+    pub jobs: JobsConfig,
+    /// Webhook delivery settings.
+    pub webhooks: WebhooksConfig,
+    /// Built-in model settings.
+    pub models: ModelsConfig,
+    /// Tenants and their API keys.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[jobs]`: limits, lifetimes and the retry policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Largest accepted `POST /v1/jobs` body, bytes (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// How long job records and results stay in Redis after the last change, seconds
+    /// (default 7 days).
+    pub result_ttl_s: u64,
+    /// How long an `Idempotency-Key` maps to its job, seconds (default 24 h, as Stripe).
+    pub idempotency_ttl_s: u64,
+    /// Default per-attempt model-call limit when a job gives no `timeout_s`, seconds.
+    pub default_timeout_s: u64,
+    /// Largest `timeout_s` a job may ask for, seconds.
+    pub max_timeout_s: u64,
+    /// Lease length, seconds; a running job renews it every third of this.
+    pub lease_s: u64,
+    /// Attempts (claims) after which a job is failed as `poison` without running again.
+    pub max_attempts: u32,
+    /// Quorum-queue `x-delivery-limit`, the broker's backstop against crash loops.
+    pub delivery_limit: u32,
+    /// Worker pools; one quorum queue each.
+    pub pools: Vec<String>,
+    /// Delay tiers for retries and lease waits, seconds, ascending.
+    pub retry_tiers_s: Vec<u64>,
+    /// First retry delay, milliseconds.
+    pub retry_base_ms: u64,
+    /// Growth factor of the retry delay.
+    pub retry_factor: f64,
+    /// Longest retry delay, milliseconds.
+    pub retry_cap_ms: u64,
+    /// How long the producer waits for a publisher confirm, milliseconds.
+    pub confirm_timeout_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            result_ttl_s: 7 * 24 * 3600,
+            idempotency_ttl_s: 24 * 3600,
+            default_timeout_s: 300,
+            max_timeout_s: 24 * 3600,
+            lease_s: 30,
+            max_attempts: 5,
+            delivery_limit: 20,
+            pools: vec!["default".into()],
+            retry_tiers_s: vec![1, 5, 30, 120, 600, 3600],
+            retry_base_ms: 1000,
+            retry_factor: 2.0,
+            retry_cap_ms: 600_000,
+            confirm_timeout_ms: 5000,
+        }
+    }
+}
+
+/// `[webhooks]`: delivery of completion events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Allow receivers on loopback/private/link-local addresses (local development, tests).
+    pub allow_private: bool,
+    /// Allow `http://` receivers (otherwise `https://` only).
+    pub allow_http: bool,
+    /// TCP connect timeout, seconds.
+    pub connect_timeout_s: u64,
+    /// Whole-request timeout, seconds.
+    pub timeout_s: u64,
+    /// In-process delivery attempts per event (the first try included).
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds (doubles each time, with jitter).
+    pub min_backoff_ms: u64,
+    /// Longest retry delay, milliseconds.
+    pub max_backoff_ms: u64,
+    /// Concurrent deliveries per dispatcher (its prefetch).
+    pub concurrency: u16,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            allow_http: false,
+            connect_timeout_s: 5,
+            timeout_s: 15,
+            max_attempts: 6,
+            min_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            concurrency: 64,
+        }
+    }
+}
+
+/// `[models]`: built-in model settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// `[models.langid]`.
+    pub langid: LangidConfig,
+    /// `[models.sim]`.
+    pub sim: SimConfig,
+}
+
+/// `[models.langid]`: the language set the detector chooses from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LangidConfig {
+    /// ISO 639-3 codes; each must be compiled into the worker (see the README).
+    pub languages: Vec<String>,
+}
+
+impl Default for LangidConfig {
+    fn default() -> Self {
+        Self {
+            languages: ["eng", "fra", "por", "spa", "ita", "cat", "jpn", "zho", "kor"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// `[models.sim]`: the simulated backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Whether jobs may use model `sim`.
+    pub enabled: bool,
+    /// Latency when a job gives none, milliseconds.
+    pub latency_ms: u64,
+    /// Failure rate when a job gives none, 0..=1.
+    pub fail_rate: f64,
+    /// Whether `params.crash = true` may abort the worker process (fault tests only).
+    pub allow_crash: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            latency_ms: 0,
+            fail_rate: 0.0,
+            allow_crash: false,
+        }
+    }
+}
+
+/// `[[tenants]]`: one API consumer.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant name (`a-z0-9-_`), used in keys and logs.
+    pub name: String,
+    /// Hex SHA-256 of each accepted API key (the keys themselves are never stored).
+    pub api_key_sha256: Vec<String>,
+    /// Webhook signing secret `whsec_<base64>`, inline (prefer `webhook_secret_env`).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Name of an env var holding the webhook signing secret.
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+}
+
+impl fmt::Debug for TenantConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantConfig")
+            .field("name", &self.name)
+            .field("api_keys", &self.api_key_sha256.len())
+            .field("webhook_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A tenant as the binaries use it, with its secret resolved.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Tenant name.
+    pub name: String,
+    /// Signing secret for its webhooks, if it has one.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+impl FileConfig {
+    /// Reads and validates a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with the path and what is wrong (unreadable, bad TOML, bad value).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let cfg: FileConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field rules.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let j = &self.jobs;
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if j.pools.is_empty() {
+            return bad("jobs.pools: at least one pool");
+        }
+        for p in &j.pools {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return bad("jobs.pools: names of letters, digits, '-' and '_'");
+            }
+        }
+        if j.retry_tiers_s.is_empty() || j.retry_tiers_s.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("jobs.retry_tiers_s: a non-empty ascending list");
+        }
+        if j.retry_tiers_s[0] == 0 {
+            return bad("jobs.retry_tiers_s: tiers must be at least 1 s");
+        }
+        if j.lease_s < 3 {
+            return bad("jobs.lease_s: at least 3");
+        }
+        if j.max_attempts == 0 || j.delivery_limit == 0 {
+            return bad("jobs.max_attempts and jobs.delivery_limit: at least 1");
+        }
+        if j.max_body_bytes < 1024 {
+            return bad("jobs.max_body_bytes: at least 1024");
+        }
+        if j.retry_factor < 1.0 || !j.retry_factor.is_finite() {
+            return bad("jobs.retry_factor: a number >= 1");
+        }
+        if j.default_timeout_s == 0 || j.default_timeout_s > j.max_timeout_s {
+            return bad("jobs.default_timeout_s: between 1 and jobs.max_timeout_s");
+        }
+        if self.webhooks.max_attempts == 0 || self.webhooks.concurrency == 0 {
+            return bad("webhooks.max_attempts and webhooks.concurrency: at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.models.sim.fail_rate) {
+            return bad("models.sim.fail_rate: between 0 and 1");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tenants {
+            if Names::new(&t.name).is_err() {
+                return Err(ConfigError(format!(
+                    "tenants: name {:?} must be 1-64 characters of a-z, 0-9, '-', '_'",
+                    t.name
+                )));
+            }
+            if !seen.insert(&t.name) {
+                return Err(ConfigError(format!("tenants: {:?} appears twice", t.name)));
+            }
+            if t.api_key_sha256.is_empty() {
+                return Err(ConfigError(format!("tenants.{}: no api_key_sha256", t.name)));
+            }
+            for h in &t.api_key_sha256 {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ConfigError(format!(
+                        "tenants.{}: api_key_sha256 entries are 64 hex digits (sha256sum of the key)",
+                        t.name
+                    )));
+                }
+            }
+            if t.webhook_secret.is_some() && t.webhook_secret_env.is_some() {
+                return Err(ConfigError(format!(
+                    "tenants.{}: give webhook_secret or webhook_secret_env, not both",
+                    t.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every tenant's secret and indexes tenants by API-key hash.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a secret env var is missing or a secret is malformed (the message
+    /// never contains the secret).
+    pub fn tenants(&self) -> Result<TenantIndex, ConfigError> {
+        let mut by_hash = HashMap::new();
+        let mut by_name = HashMap::new();
+        for t in &self.tenants {
+            let raw = match (&t.webhook_secret, &t.webhook_secret_env) {
+                (Some(s), None) => Some(s.clone()),
+                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                    ConfigError(format!(
+                        "tenants.{}: env var {var} (webhook_secret_env) is not set",
+                        t.name
+                    ))
+                })?),
+                _ => None,
+            };
+            let webhook_secret = raw
+                .map(|s| WebhookSecret::parse(&s))
+                .transpose()
+                .map_err(|e| ConfigError(format!("tenants.{}: webhook secret: {e}", t.name)))?;
+            let tenant = Tenant {
+                name: t.name.clone(),
+                webhook_secret,
+            };
+            for h in &t.api_key_sha256 {
+                by_hash.insert(h.to_ascii_lowercase(), t.name.clone());
+            }
+            by_name.insert(t.name.clone(), tenant);
+        }
+        Ok(TenantIndex { by_hash, by_name })
+    }
+}
+
+/// Tenants by API-key hash and by name.
+#[derive(Debug, Clone, Default)]
+pub struct TenantIndex {
+    by_hash: HashMap<String, String>,
+    by_name: HashMap<String, Tenant>,
+}
+
+impl TenantIndex {
+    /// The tenant owning `api_key`, if any (compares SHA-256 digests, never stores the key).
+    pub fn authenticate(&self, api_key: &str) -> Option<&Tenant> {
+        let digest = api_key_hash(api_key);
+        self.by_hash
+            .get(&digest)
+            .and_then(|name| self.by_name.get(name))
+    }
+
+    /// The tenant called `name`.
+    pub fn get(&self, name: &str) -> Option<&Tenant> {
+        self.by_name.get(name)
+    }
+
+    /// Number of tenants.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no tenant is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// Hex SHA-256 of an API key, the form `api_key_sha256` takes.
+pub fn api_key_hash(api_key: &str) -> String {
+    crate::sha256_hex(api_key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        FileConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn tenants_authenticate_by_hash() {
+        let toml = format!(
+            r#"
+            [[tenants]]
+            name = "acme"
+            api_key_sha256 = ["{}"]
+            webhook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            "#,
+            api_key_hash("k1")
+        );
+        let cfg: FileConfig = toml::from_str(&toml).unwrap();
+        cfg.validate().unwrap();
+        let idx = cfg.tenants().unwrap();
+        assert_eq!(idx.authenticate("k1").map(|t| t.name.as_str()), Some("acme"));
+        assert!(idx.authenticate("k2").is_none());
+        assert!(!format!("{:?}", cfg.tenants[0]).contains("MfKQ"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_hashes() {
+        assert!(toml::from_str::<FileConfig>("[jobs]\nleese_s = 3").is_err());
+        let cfg: FileConfig =
+            toml::from_str("[[tenants]]\nname = \"a\"\napi_key_sha256 = [\"abc\"]").unwrap();
+        assert!(cfg.validate().unwrap_err().0.contains("64 hex digits"));
+    }
+}

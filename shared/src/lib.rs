@@ -1,0 +1,36 @@
+//! Flotilla's shared contracts, used by the producer, the worker and the tests.
+//!
+//! - [`config`]: typed configuration (flags with env fallbacks + one TOML file).
+//! - [`job`]: the job resource (HTTP JSON), the wire envelope, statuses and error kinds.
+//! - [`catalog`]: the built-in model names and the input shape each accepts.
+//! - [`names`]: every exchange, queue and Redis key name under one namespace.
+//! - [`topology`]: the RabbitMQ topology as data, declared idempotently.
+//! - [`amqp`]: connecting to the broker and publishing with publisher confirms.
+//! - [`store`]: the Redis job store and its atomic (Lua) state transitions.
+//! - [`webhook`]: Standard Webhooks signing and verification.
+//! - [`telemetry`]: `tracing` set-up.
+//! - [`shutdown`]: the SIGINT/SIGTERM future.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod amqp;
+pub mod catalog;
+pub mod config;
+pub mod job;
+pub mod names;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+pub mod webhook;
+
+/// Hex SHA-256 of `bytes` (64 lowercase hex digits).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,35 @@
+-- Claim a job for one attempt.
+-- KEYS[1] job hash
+-- ARGV[1] lease owner (unique per delivery)   ARGV[2] now, ms since epoch
+-- ARGV[3] lease length, ms                    ARGV[4] max attempts
+-- ARGV[5] record TTL, ms                      ARGV[6] now, RFC 3339
+-- Returns {'missing'} | {'terminal', status, event_published}
+--       | {'leased', owner, remaining_ms} | {'exhausted', attempts}
+--       | {'claimed', attempts, first_start(0|1)}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status == 'succeeded' or status == 'failed' or status == 'canceled' or status == 'expired' then
+  return {'terminal', status, redis.call('HGET', KEYS[1], 'event_published') or '0'}
+end
+local now = tonumber(ARGV[2])
+local owner = redis.call('HGET', KEYS[1], 'lease_owner')
+if owner == ARGV[1] and status == 'running' then
+  -- Same delivery asking again (a lost reply): idempotent.
+  return {'claimed', redis.call('HGET', KEYS[1], 'attempts') or '0', '0'}
+end
+local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until_ms') or '0')
+if owner and lease_until > now then
+  return {'leased', owner, tostring(lease_until - now)}
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'lease_owner', ARGV[1],
+  'lease_until_ms', tostring(now + tonumber(ARGV[3])))
+local first = '0'
+if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[6])
+  first = '1'
+end
+redis.call('HDEL', KEYS[1], 'submitting')
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if attempts > tonumber(ARGV[4]) then return {'exhausted', tostring(attempts)} end
+return {'claimed', tostring(attempts), first}

@@ -1,0 +1,7 @@
+-- Extend a lease; only its owner may.
+-- KEYS[1] job hash
+-- ARGV[1] lease owner   ARGV[2] new expiry, ms since epoch
+-- Returns 1 when renewed, 0 when the lease belongs to someone else or the job ended.
+if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_until_ms', ARGV[2])
+return 1

@@ -1,0 +1,657 @@
+//! The Redis job store: job records, leases, idempotency keys and webhook delivery logs.
+//!
+//! Multi-key or read-modify-write transitions run as Lua scripts (files in `lua/`, each with a
+//! `KEYS`/`ARGV` comment), so no record ever says `succeeded` without an output and only the
+//! lease owner can finish a job. A job's keys share the `{id}` hash tag (Redis Cluster safe).
+//!
+//! Job hash fields: `id tenant model status input params webhook metadata created_at deadline
+//! timeout_s attempts started_at completed_at output error usage timings lease_owner
+//! lease_until_ms event_published submitting body_hash idempotency_key`.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use serde_json::Value;
+
+use crate::{
+    job::{Envelope, Job, JobError, JobStatus, Timings, WebhookSpec},
+    names::Names,
+};
+
+/// How long a record written by the producer lives before its publish is confirmed.
+/// A producer that dies mid-submit leaves nothing behind for longer than this.
+pub const SUBMITTING_TTL: Duration = Duration::from_secs(600);
+
+/// A Redis failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis answered with an error or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value did not parse (a defect or a foreign writer).
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt {
+        /// The Redis key.
+        key: String,
+        /// What did not parse.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again may succeed (connection loss, timeout, loading, failover).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }
+            Self::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// Result type of the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Lifetimes the store applies.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreTtls {
+    /// Job records and delivery logs after their last change.
+    pub result: Duration,
+    /// Idempotency keys.
+    pub idempotency: Duration,
+}
+
+/// What [`Store::claim`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No such record (expired, never created, or discarded).
+    Missing,
+    /// Already terminal; `event_published` says whether its event is durable.
+    Terminal {
+        /// The terminal status.
+        status: JobStatus,
+        /// Whether the completion event was confirmed by the broker.
+        event_published: bool,
+    },
+    /// Another live lease holds it for `remaining` more.
+    Leased {
+        /// Time until that lease expires.
+        remaining: Duration,
+    },
+    /// This claim pushed attempts past the policy: fail it as poison.
+    Exhausted {
+        /// Attempts counted, this one included.
+        attempts: u32,
+    },
+    /// The caller holds the lease for this attempt.
+    Claimed {
+        /// Attempts counted, this one included.
+        attempts: u32,
+        /// Whether this is the job's first start (for `job.started`).
+        first_start: bool,
+    },
+}
+
+/// What [`Store::finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Stored; the record is terminal now.
+    Done,
+    /// The record is gone.
+    Missing,
+    /// Someone else already ended it.
+    AlreadyTerminal,
+    /// The lease passed to another worker.
+    NotOwner,
+}
+
+/// The terminal state to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// `succeeded`, `failed`, `canceled` or `expired`.
+    pub status: JobStatus,
+    /// Output (required for `succeeded`).
+    pub output: Option<Value>,
+    /// Error (for the other statuses).
+    pub error: Option<JobError>,
+    /// Resource use.
+    pub usage: Value,
+    /// Stage timings of the final attempt.
+    pub timings: Timings,
+}
+
+/// Result of reserving an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key now maps to the new job.
+    Reserved,
+    /// The key expired or was released between the two reads: try again.
+    Vanished,
+    /// The key already maps to `job_id`, submitted with a body whose SHA-256 is `body_hash`.
+    Existing {
+        /// The job the key points to.
+        job_id: String,
+        /// Hex SHA-256 of that job's canonical request body.
+        body_hash: String,
+    },
+}
+
+/// A job record with the fields the API does not show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
+    /// The job resource.
+    pub job: Job,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Webhook subscription.
+    pub webhook: Option<WebhookSpec>,
+    /// Whether the terminal event is durable on the broker.
+    pub event_published: bool,
+    /// Whether the producer has not yet seen the publish confirmed.
+    pub submitting: bool,
+    /// Current lease owner, if any.
+    pub lease_owner: Option<String>,
+}
+
+struct Scripts {
+    claim: Script,
+    finish: Script,
+    release: Script,
+    renew: Script,
+    submission: Script,
+    release_idempotency: Script,
+    mark_event: Script,
+}
+
+/// Handle to the job store. Cheap to clone; clones share one multiplexed connection that
+/// reconnects by itself.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    names: Names,
+    ttls: StoreTtls,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+/// Formats an instant as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Connects to `url` (lazily reconnecting afterwards).
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`] when the URL is invalid or the first connection fails.
+    pub async fn connect(url: &str, names: Names, ttls: StoreTtls) -> StoreResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            conn,
+            names,
+            ttls,
+            scripts: std::sync::Arc::new(Scripts {
+                claim: Script::new(include_str!("lua/claim.lua")),
+                finish: Script::new(include_str!("lua/finish.lua")),
+                release: Script::new(include_str!("lua/release.lua")),
+                renew: Script::new(include_str!("lua/renew.lua")),
+                submission: Script::new(include_str!("lua/submission.lua")),
+                release_idempotency: Script::new(include_str!("lua/release_idempotency.lua")),
+                mark_event: Script::new(include_str!("lua/mark_event.lua")),
+            }),
+        })
+    }
+
+    /// The names in use.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The lifetimes in use.
+    pub fn ttls(&self) -> StoreTtls {
+        self.ttls
+    }
+
+    /// `PING`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Writes a new `queued` record held by the producer until [`Self::commit_submission`]
+    /// or [`Self::discard_submission`] (it expires after [`SUBMITTING_TTL`] otherwise).
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn create(
+        &self,
+        env: &Envelope,
+        body_hash: &str,
+        idempotency_key: Option<&str>,
+    ) -> StoreResult<()> {
+        let key = self.names.job_key(&env.id);
+        let mut fields: Vec<(&str, String)> = vec![
+            ("id", env.id.clone()),
+            ("tenant", env.tenant.clone()),
+            ("model", env.model.clone()),
+            ("status", JobStatus::Queued.as_str().into()),
+            ("input", env.input.to_string()),
+            ("params", env.params.to_string()),
+            ("metadata", env.metadata.to_string()),
+            ("created_at", rfc3339(env.created_at)),
+            ("attempts", "0".into()),
+            ("submitting", "1".into()),
+            ("body_hash", body_hash.into()),
+        ];
+        if let Some(w) = &env.webhook {
+            fields.push(("webhook", serde_json::to_string(w).unwrap_or_default()));
+        }
+        if let Some(d) = env.deadline {
+            fields.push(("deadline", rfc3339(d)));
+        }
+        if let Some(t) = env.timeout_s {
+            fields.push(("timeout_s", t.to_string()));
+        }
+        if let Some(k) = idempotency_key {
+            fields.push(("idempotency_key", k.into()));
+        }
+        let mut c = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .pexpire(&key, SUBMITTING_TTL.as_millis() as i64)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Publish confirmed: the record becomes an ordinary one with the result TTL.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn commit_submission(&self, id: &str) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .submission
+            .key(self.names.job_key(id))
+            .arg("commit")
+            .arg(self.ttls.result.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Publish failed: deletes the record unless a worker already claimed it.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn discard_submission(&self, id: &str) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .submission
+            .key(self.names.job_key(id))
+            .arg("discard")
+            .arg(0)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Reserves `tenant`'s idempotency `key` for `job_id` (`SET NX`), or says which job has it.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis, or [`StoreError::Corrupt`] for a value not written here.
+    pub async fn reserve_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        job_id: &str,
+        body_hash: &str,
+    ) -> StoreResult<IdempotencyClaim> {
+        let rkey = self.names.idempotency_key(tenant, key);
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&rkey)
+            .arg(format!("{job_id} {body_hash}"))
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttls.idempotency.as_millis() as u64)
+            .query_async(&mut c)
+            .await?;
+        if set.is_some() {
+            return Ok(IdempotencyClaim::Reserved);
+        }
+        let value: Option<String> = c.get(&rkey).await?;
+        match value.as_deref().and_then(|v| v.split_once(' ')) {
+            Some((id, hash)) => Ok(IdempotencyClaim::Existing {
+                job_id: id.to_owned(),
+                body_hash: hash.to_owned(),
+            }),
+            None => Ok(IdempotencyClaim::Vanished),
+        }
+    }
+
+    /// Deletes `tenant`'s idempotency `key` only if it still points to `job_id`.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn release_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        job_id: &str,
+    ) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .release_idempotency
+            .key(self.names.idempotency_key(tenant, key))
+            .arg(job_id)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Reads a job record.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis, or [`StoreError::Corrupt`].
+    pub async fn get(&self, id: &str) -> StoreResult<Option<StoredJob>> {
+        let key = self.names.job_key(id);
+        let mut c = self.conn.clone();
+        let map: HashMap<String, String> = c.hgetall(&key).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        parse_record(&key, &map).map(Some)
+    }
+
+    /// Claims a job for one attempt (see `lua/claim.lua`).
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> StoreResult<Claim> {
+        let now = Utc::now();
+        let mut c = self.conn.clone();
+        let reply: Vec<String> = self
+            .scripts
+            .claim
+            .key(self.names.job_key(id))
+            .arg(owner)
+            .arg(now.timestamp_millis())
+            .arg(lease.as_millis() as u64)
+            .arg(max_attempts)
+            .arg(self.ttls.result.as_millis() as u64)
+            .arg(rfc3339(now))
+            .invoke_async(&mut c)
+            .await?;
+        let num = |i: usize| reply.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let corrupt = || StoreError::Corrupt {
+            key: self.names.job_key(id),
+            detail: format!("claim reply {reply:?}"),
+        };
+        Ok(match reply.first().map(String::as_str) {
+            Some("missing") => Claim::Missing,
+            Some("terminal") => Claim::Terminal {
+                status: reply
+                    .get(1)
+                    .and_then(|s| JobStatus::parse(s))
+                    .ok_or_else(corrupt)?,
+                event_published: reply.get(2).map(String::as_str) == Some("1"),
+            },
+            Some("leased") => Claim::Leased {
+                remaining: Duration::from_millis(num(2)),
+            },
+            Some("exhausted") => Claim::Exhausted {
+                attempts: num(1) as u32,
+            },
+            Some("claimed") => Claim::Claimed {
+                attempts: num(1) as u32,
+                first_start: num(2) == 1,
+            },
+            _ => return Err(corrupt()),
+        })
+    }
+
+    /// Extends `owner`'s lease to now + `lease`. `false` when the lease is no longer theirs.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn renew(&self, id: &str, owner: &str, lease: Duration) -> StoreResult<bool> {
+        let until = Utc::now().timestamp_millis() + lease.as_millis() as i64;
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .renew
+            .key(self.names.job_key(id))
+            .arg(owner)
+            .arg(until)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Stores the terminal state, only if `owner` holds the lease (see `lua/finish.lua`).
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis; [`StoreError::Corrupt`] for a `succeeded` outcome without
+    /// output (refused by the script).
+    pub async fn finish(&self, id: &str, owner: &str, outcome: &Outcome) -> StoreResult<Finish> {
+        let key = self.names.job_key(id);
+        let output = outcome
+            .output
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let error = outcome
+            .error
+            .as_ref()
+            .and_then(|e| serde_json::to_string(e).ok())
+            .unwrap_or_default();
+        let timings = serde_json::to_string(&outcome.timings).unwrap_or_else(|_| "{}".into());
+        let mut c = self.conn.clone();
+        let reply: String = self
+            .scripts
+            .finish
+            .key(&key)
+            .arg(owner)
+            .arg(outcome.status.as_str())
+            .arg(output)
+            .arg(error)
+            .arg(outcome.usage.to_string())
+            .arg(timings)
+            .arg(rfc3339(Utc::now()))
+            .arg(self.ttls.result.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        match reply.as_str() {
+            "ok" => Ok(Finish::Done),
+            "missing" => Ok(Finish::Missing),
+            "terminal" => Ok(Finish::AlreadyTerminal),
+            "not_owner" => Ok(Finish::NotOwner),
+            other => Err(StoreError::Corrupt {
+                key,
+                detail: format!("finish refused: {other}"),
+            }),
+        }
+    }
+
+    /// Gives a claimed job back (`running → queued`); `refund` takes the attempt back.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn release(&self, id: &str, owner: &str, refund: bool) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = self
+            .scripts
+            .release
+            .key(self.names.job_key(id))
+            .arg(owner)
+            .arg(if refund { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records that the terminal event of `id` is durable on the broker.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn mark_event_published(&self, id: &str) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .mark_event
+            .key(self.names.job_key(id))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends one webhook delivery attempt (JSON object) to the job's delivery log.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn log_delivery(&self, id: &str, entry: &Value) -> StoreResult<()> {
+        let key = self.names.deliveries_key(id);
+        let mut c = self.conn.clone();
+        let _: () = redis::pipe()
+            .rpush(&key, entry.to_string())
+            .ignore()
+            .pexpire(&key, self.ttls.result.as_millis() as i64)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// The job's webhook delivery log, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn deliveries(&self, id: &str) -> StoreResult<Vec<Value>> {
+        let mut c = self.conn.clone();
+        let raw: Vec<String> = c.lrange(self.names.deliveries_key(id), 0, -1).await?;
+        Ok(raw
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
+    }
+
+    /// Deletes every key of the namespace (tests, teardown). Returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn delete_namespace(&self) -> StoreResult<u64> {
+        let mut c = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.names.redis_pattern())
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = c.del(&keys).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJob> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: key.to_owned(),
+        detail,
+    };
+    let text = |f: &str| map.get(f).map(String::as_str);
+    let json = |f: &str| -> StoreResult<Option<Value>> {
+        match text(f) {
+            None | Some("") => Ok(None),
+            Some(s) => serde_json::from_str(s)
+                .map(Some)
+                .map_err(|e| corrupt(format!("{f}: {e}"))),
+        }
+    };
+    let time = |f: &str| -> StoreResult<Option<DateTime<Utc>>> {
+        match text(f) {
+            None | Some("") => Ok(None),
+            Some(s) => DateTime::parse_from_rfc3339(s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| corrupt(format!("{f}: {e}"))),
+        }
+    };
+    let status = text("status")
+        .and_then(JobStatus::parse)
+        .ok_or_else(|| corrupt("status".into()))?;
+    let created_at = time("created_at")?.ok_or_else(|| corrupt("created_at missing".into()))?;
+    let error = match json("error")? {
+        Some(v) => Some(serde_json::from_value::<JobError>(v).map_err(|e| corrupt(format!("error: {e}")))?),
+        None => None,
+    };
+    let timings = match json("timings")? {
+        Some(v) => serde_json::from_value::<Timings>(v).map_err(|e| corrupt(format!("timings: {e}")))?,
+        None => Timings::default(),
+    };
+    let webhook = match json("webhook")? {
+        Some(v) => Some(serde_json::from_value::<WebhookSpec>(v).map_err(|e| corrupt(format!("webhook: {e}")))?),
+        None => None,
+    };
+    let obj = || Value::Object(serde_json::Map::new());
+    let job = Job {
+        id: text("id").unwrap_or_default().to_owned(),
+        model: text("model").unwrap_or_default().to_owned(),
+        status,
+        input: json("input")?.unwrap_or(Value::Null),
+        params: json("params")?.filter(|v| !v.is_null()).unwrap_or_else(obj),
+        output: json("output")?,
+        error,
+        attempts: text("attempts").and_then(|s| s.parse().ok()).unwrap_or(0),
+        usage: json("usage")?.unwrap_or_else(obj),
+        metadata: json("metadata")?.filter(|v| !v.is_null()).unwrap_or_else(obj),
+        created_at,
+        started_at: time("started_at")?,
+        completed_at: time("completed_at")?,
+        timings,
+    };
+    Ok(StoredJob {
+        job,
+        tenant: text("tenant").unwrap_or_default().to_owned(),
+        webhook,
+        event_published: text("event_published") == Some("1"),
+        submitting: text("submitting") == Some("1"),
+        lease_owner: text("lease_owner").map(str::to_owned),
+    })
+}

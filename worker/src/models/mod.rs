@@ -1,0 +1,83 @@
+//! Built-in models, loaded once per process and shared by every job.
+//!
+//! - [`sentiment`]: VADER (Hutto & Gilbert, ICWSM 2014) via the `vader_sentiment` crate.
+//! - [`langid`]: lingua's n-gram detector over a configured language set.
+//! - [`tokens`]: tiktoken BPE token counts (`cl100k_base`, `o200k_base`).
+//! - [`sim`]: simulated backend with configurable latency and failures.
+
+pub mod langid;
+pub mod sentiment;
+pub mod sim;
+pub mod tokens;
+
+use std::{sync::Arc, time::Duration};
+
+use flotilla_shared::{config::ModelsConfig, job::ErrorKind};
+
+/// Why a model call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ModelError {
+    /// Error kind stored on the job if this is the last attempt.
+    pub kind: ErrorKind,
+    /// Human-readable detail (no secrets).
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub transient: bool,
+    /// How long the backend asked us to wait before retrying, if it said.
+    pub retry_after: Option<Duration>,
+}
+
+impl ModelError {
+    /// A permanent failure: retrying cannot help.
+    pub fn permanent(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            transient: false,
+            retry_after: None,
+        }
+    }
+
+    /// A transient failure: a later attempt may succeed.
+    pub fn transient(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            transient: true,
+            retry_after: None,
+        }
+    }
+}
+
+/// Every loaded model.
+pub struct Models {
+    /// VADER analyser.
+    pub sentiment: sentiment::Sentiment,
+    /// Language detector.
+    pub langid: langid::Langid,
+    /// Tokenizers.
+    pub tokens: tokens::Tokens,
+    /// Simulated backend.
+    pub sim: sim::Sim,
+}
+
+impl Models {
+    /// Loads every model (lingua's n-gram tables take a few seconds and ~1 GB for 9 languages).
+    ///
+    /// # Errors
+    /// A configuration problem, e.g. a language that is not compiled in.
+    pub fn load(cfg: &ModelsConfig) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
+            sentiment: sentiment::Sentiment::new(),
+            langid: langid::Langid::new(&cfg.langid.languages)?,
+            tokens: tokens::Tokens::new()?,
+            sim: sim::Sim::new(cfg.sim.clone()),
+        }))
+    }
+}
+
+/// Rounds to 4 decimals, the precision VADER's reference implementation reports.
+pub fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}

@@ -1,1 +1,334 @@
-fn main() {}
+//! `flotilla`: the command-line client — submit, get, wait, run a file as a batch, and a
+//! webhook receiver for local runs.
+//!
+//! Exit codes: 0 success; 1 the job (or a run) ended with failures or an API error;
+//! 2 bad usage or input.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use flotilla_producer::{
+    cli::{
+        receiver::{self, ReceiverState},
+        run::{self, RunOptions},
+    },
+    Client,
+};
+use flotilla_shared::{
+    job::{JobRequest, JobStatus, WebhookSpec},
+    shutdown::shutdown_signal,
+    webhook::WebhookSecret,
+};
+use serde_json::Value;
+
+/// Flotilla command-line client.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// API base URL.
+    #[arg(long, global = true, env = "FLOTILLA_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key (Bearer token).
+    #[arg(long, global = true, env = "FLOTILLA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit one job and print the API's answer (or the finished job with --wait).
+    Submit {
+        /// Model name (`sentiment`, `langid`, `tokens`, `sim`).
+        #[arg(long)]
+        model: String,
+        /// Input as JSON, e.g. '{"text": "great phone"}'.
+        #[arg(long)]
+        input: String,
+        /// Params as JSON.
+        #[arg(long)]
+        params: Option<String>,
+        /// Metadata as JSON.
+        #[arg(long)]
+        metadata: Option<String>,
+        /// Webhook URL for completion events.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Idempotency-Key header.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Per-attempt model-call limit, seconds.
+        #[arg(long)]
+        timeout_s: Option<u64>,
+        /// Wait for the job to finish and print it.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait with --wait, seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_timeout: u64,
+    },
+    /// Print a job.
+    Get {
+        /// Job id.
+        id: String,
+    },
+    /// Wait for a job to finish and print it; exit 0 only if it succeeded.
+    Wait {
+        /// Job id.
+        id: String,
+        /// Longest wait, seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Submit every record of TSV/JSONL files as jobs, wait for all, print a summary.
+    Run {
+        /// Record files (TSV or .jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        /// TSV column names, e.g. `text,label` (default per model).
+        #[arg(long)]
+        columns: Option<String>,
+        /// Params for every job, as JSON.
+        #[arg(long)]
+        params: Option<String>,
+        /// Concurrent API requests.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Only the first N records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Base URL of a `flotilla receiver`; every job's webhook goes there.
+        #[arg(long)]
+        receiver: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// A label the model cannot answer (repeatable); reported as accuracy_supported.
+        #[arg(long = "unsupported-label")]
+        unsupported_labels: Vec<String>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON summary to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Run a webhook receiver that verifies signatures and counts deliveries.
+    Receiver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        listen: SocketAddr,
+        /// Signing secret `whsec_...`.
+        #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("flotilla: {msg}");
+    ExitCode::from(2)
+}
+
+fn parse_json(flag: &str, value: Option<&str>) -> Result<Option<Value>, String> {
+    value
+        .map(|v| serde_json::from_str(v).map_err(|e| format!("--{flag}: not JSON: {e}")))
+        .transpose()
+}
+
+fn client(cli: &Cli) -> Result<Client, String> {
+    let key = cli
+        .api_key
+        .as_deref()
+        .ok_or("an API key is needed: --api-key or FLOTILLA_API_KEY")?;
+    Client::new(&cli.url, key).map_err(|e| e.to_string())
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("flotilla: cannot print: {e}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Receiver { listen, secret } => {
+            let secret = match WebhookSecret::parse(secret) {
+                Ok(s) => s,
+                Err(e) => return usage(format!("--secret: {e}")),
+            };
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(e) => return usage(format!("cannot listen on {listen}: {e}")),
+            };
+            eprintln!("flotilla receiver listening on http://{listen}/webhooks");
+            let served = axum::serve(listener, receiver::router(ReceiverState::new(secret)))
+                .with_graceful_shutdown(shutdown_signal())
+                .await;
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flotilla: receiver failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Submit {
+            model,
+            input,
+            params,
+            metadata,
+            webhook,
+            idempotency_key,
+            timeout_s,
+            wait,
+            wait_timeout,
+        } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            let parsed = (|| -> Result<JobRequest, String> {
+                Ok(JobRequest {
+                    model: model.clone(),
+                    input: parse_json("input", Some(input))?.unwrap_or(Value::Null),
+                    params: parse_json("params", params.as_deref())?,
+                    webhook: webhook.as_ref().map(|u| WebhookSpec {
+                        url: u.clone(),
+                        events: None,
+                    }),
+                    metadata: parse_json("metadata", metadata.as_deref())?,
+                    timeout_s: *timeout_s,
+                    deadline: None,
+                })
+            })();
+            let req = match parsed {
+                Ok(r) => r,
+                Err(e) => return usage(e),
+            };
+            let submitted = match client.submit(&req, idempotency_key.as_deref()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("flotilla: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !*wait {
+                print_json(&submitted.response);
+                return ExitCode::SUCCESS;
+            }
+            wait_and_print(&client, &submitted.response.id, *wait_timeout).await
+        }
+        Command::Get { id } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            match client.get_raw(id).await {
+                Ok(job) => {
+                    print_json(&job);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flotilla: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Wait { id, timeout } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            wait_and_print(&client, id, *timeout).await
+        }
+        Command::Run {
+            files,
+            model,
+            columns,
+            params,
+            concurrency,
+            limit,
+            receiver,
+            timeout,
+            unsupported_labels,
+            json,
+            output,
+            no_progress,
+        } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            let params = match parse_json("params", params.as_deref()) {
+                Ok(p) => p,
+                Err(e) => return usage(e),
+            };
+            let opts = RunOptions {
+                files: files.clone(),
+                model: model.clone(),
+                columns: columns.clone(),
+                params,
+                concurrency: *concurrency,
+                limit: *limit,
+                receiver: receiver.clone(),
+                timeout: Duration::from_secs(*timeout),
+                unsupported_labels: unsupported_labels.clone(),
+                progress: !*no_progress,
+            };
+            let summary = match run::run(&client, &opts).await {
+                Ok(s) => s,
+                Err(run::RunError::Input(e)) => return usage(e),
+                Err(e) => {
+                    eprintln!("flotilla: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if *json {
+                match serde_json::to_string(&summary) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("flotilla: {e}"),
+                }
+            } else {
+                print!("{}", summary.render());
+            }
+            if let Some(path) = output {
+                let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("flotilla: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            if summary.succeeded == summary.jobs && summary.submit_errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn wait_and_print(client: &Client, id: &str, timeout_s: u64) -> ExitCode {
+    match client.wait(id, Duration::from_secs(timeout_s)).await {
+        Ok(job) => {
+            print_json(&job);
+            if job.status == JobStatus::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

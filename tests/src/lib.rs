@@ -1,1 +1,524 @@
-//! placeholder
+//! Harness for Flotilla's end-to-end tests: each test gets its own namespace (queue prefix +
+//! Redis key prefix) on the real RabbitMQ and Redis, its own producer and worker processes,
+//! and an in-process webhook receiver; [`TestEnv`]'s `Drop` kills the processes and deletes
+//! every queue, exchange and key of the namespace.
+//!
+//! The binaries come from the same `target/` directory as the test executable (`make test`
+//! builds them first).
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post, Router};
+use flotilla_producer::Client;
+use flotilla_shared::{
+    config::{api_key_hash, FileConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL},
+    names::Names,
+    store::{Store, StoreTtls},
+    topology::Topology,
+    webhook::{WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP},
+};
+use lapin::{options::QueueDeclareOptions, types::FieldTable, Channel, Connection};
+use serde_json::Value;
+
+/// API key of tenant `alpha`.
+pub const ALPHA_KEY: &str = "alpha-test-key";
+/// API key of tenant `beta`.
+pub const BETA_KEY: &str = "beta-test-key";
+/// Webhook secret of tenant `alpha`.
+pub const ALPHA_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// Broker URL for tests (`FLOTILLA_AMQP_URL` or the default).
+pub fn amqp_url() -> String {
+    std::env::var("FLOTILLA_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into())
+}
+
+/// Redis URL for tests (`FLOTILLA_REDIS_URL` or the default).
+pub fn redis_url() -> String {
+    std::env::var("FLOTILLA_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into())
+}
+
+/// The directory holding the workspace binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A free loopback port (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// Polls `cond` every 20 ms until it is true or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A spawned Flotilla process.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Its admin/API address.
+    pub addr: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits (polling) up to `timeout` for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if tokio::time::Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One delivery seen by [`TestReceiver`].
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// `webhook-id`.
+    pub webhook_id: String,
+    /// Signature verified with the tenant's secret.
+    pub verified: bool,
+    /// Parsed body.
+    pub body: Value,
+    /// Status the receiver answered.
+    pub answered: u16,
+}
+
+/// An in-process webhook receiver that can fail the first N deliveries.
+#[derive(Clone)]
+pub struct TestReceiver {
+    /// Base URL (`http://127.0.0.1:port`).
+    pub url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    fail_first: Arc<AtomicUsize>,
+}
+
+impl TestReceiver {
+    /// Starts a receiver answering 503 to the first `fail_first` deliveries.
+    pub async fn start(fail_first: usize) -> Self {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let fail = Arc::new(AtomicUsize::new(fail_first));
+        let secret = WebhookSecret::parse(ALPHA_SECRET).expect("secret");
+        let app = Router::new()
+            .route("/webhooks", post(receive))
+            .with_state((secret, hits.clone(), fail.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            hits,
+            fail_first: fail,
+        }
+    }
+
+    /// Webhook URL to give jobs.
+    pub fn hook_url(&self) -> String {
+        format!("{}/webhooks", self.url)
+    }
+
+    /// Every delivery so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().expect("hits").clone()
+    }
+
+    /// Deliveries of one job.
+    pub fn hits_for(&self, job_id: &str) -> Vec<Hit> {
+        self.hits()
+            .into_iter()
+            .filter(|h| h.body.pointer("/data/id").and_then(Value::as_str) == Some(job_id))
+            .collect()
+    }
+
+    /// Failures still to answer.
+    pub fn failures_left(&self) -> usize {
+        self.fail_first.load(Ordering::SeqCst)
+    }
+}
+
+type RecvState = (WebhookSecret, Arc<Mutex<Vec<Hit>>>, Arc<AtomicUsize>);
+
+async fn receive(State((secret, hits, fail)): State<RecvState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let verified = secret
+        .verify(
+            &h(HEADER_ID),
+            &h(HEADER_TIMESTAMP),
+            &h(HEADER_SIGNATURE),
+            &body,
+            chrono_now(),
+            300,
+        )
+        .is_ok();
+    let failing = fail
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if failing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    hits.lock().expect("hits").push(Hit {
+        webhook_id: h(HEADER_ID),
+        verified,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        answered: status.as_u16(),
+    });
+    status
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Settings a test may change from the defaults.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// Extra TOML appended to the generated config (e.g. `[jobs]` overrides).
+    pub jobs_toml: String,
+    /// Extra `[models.sim]` lines.
+    pub sim_toml: String,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        Self {
+            jobs_toml: "lease_s = 3\nretry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n".into(),
+            sim_toml: String::new(),
+        }
+    }
+}
+
+/// One test's world: namespace, config file, processes, clients.
+pub struct TestEnv {
+    /// Namespace of every queue and key.
+    pub names: Names,
+    /// Config file path.
+    pub config_path: PathBuf,
+    /// Parsed config.
+    pub config: FileConfig,
+    /// Scratch directory (config, logs).
+    pub dir: PathBuf,
+    /// The producer, once started.
+    pub producer: Option<Proc>,
+    /// Workers started so far.
+    pub workers: Vec<Proc>,
+    /// Redis store in the namespace.
+    pub store: Store,
+    /// Broker connection for inspection.
+    pub amqp: Connection,
+    /// Channel on it.
+    pub channel: Channel,
+}
+
+impl TestEnv {
+    /// A fresh namespace `t-<test>-<random>` with the default options.
+    pub async fn new(test: &str) -> Self {
+        Self::with_options(test, EnvOptions::default()).await
+    }
+
+    /// A fresh namespace with `opts`.
+    pub async fn with_options(test: &str, opts: EnvOptions) -> Self {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let ns = format!("t-{}-{suffix}", test.replace('_', "-"));
+        let names = Names::new(&ns).expect("namespace");
+        let dir = bin_dir().join("test-envs").join(&ns);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let toml = format!(
+            r#"
+[jobs]
+{jobs}
+[webhooks]
+allow_private = true
+allow_http = true
+min_backoff_ms = 50
+max_backoff_ms = 400
+max_attempts = 6
+
+[models.sim]
+enabled = true
+{sim}
+
+[[tenants]]
+name = "alpha"
+api_key_sha256 = ["{alpha}"]
+webhook_secret = "{secret}"
+
+[[tenants]]
+name = "beta"
+api_key_sha256 = ["{beta}"]
+"#,
+            jobs = opts.jobs_toml,
+            sim = opts.sim_toml,
+            alpha = api_key_hash(ALPHA_KEY),
+            beta = api_key_hash(BETA_KEY),
+            secret = ALPHA_SECRET,
+        );
+        let config_path = dir.join("flotilla.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let config = FileConfig::load(&config_path).expect("valid test config");
+        let store = Store::connect(
+            &redis_url(),
+            names.clone(),
+            StoreTtls {
+                result: Duration::from_secs(3600),
+                idempotency: Duration::from_secs(3600),
+            },
+        )
+        .await
+        .expect("redis at FLOTILLA_REDIS_URL (make test starts it)");
+        let amqp = flotilla_shared::amqp::connect(&amqp_url(), "flotilla-tests")
+            .await
+            .expect("rabbitmq at FLOTILLA_AMQP_URL (make test starts it)");
+        let channel = amqp.create_channel().await.expect("channel");
+        Topology::new(
+            &names,
+            &config.jobs.pools,
+            &config.jobs.retry_tiers_s,
+            config.jobs.delivery_limit,
+        )
+        .declare(&channel)
+        .await
+        .expect("declare topology");
+        Self {
+            names,
+            config_path,
+            config,
+            dir,
+            producer: None,
+            workers: Vec::new(),
+            store,
+            amqp,
+            channel,
+        }
+    }
+
+    fn spawn(&self, binary: &str, args: &[String], log_name: &str, extra_env: &[(&str, &str)]) -> (Child, PathBuf) {
+        let log = self.dir.join(log_name);
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(args)
+            .env("FLOTILLA_CONFIG", &self.config_path)
+            .env("FLOTILLA_NAMESPACE", self.names.namespace())
+            .env("FLOTILLA_AMQP_URL", amqp_url())
+            .env("FLOTILLA_REDIS_URL", redis_url())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        (cmd.spawn().expect("spawn"), log)
+    }
+
+    /// Starts the producer and waits until `/readyz` is 200.
+    pub async fn start_producer(&mut self) -> Client {
+        let addr = free_addr();
+        let (child, log) = self.spawn(
+            "flotilla-producer",
+            &["--listen".into(), addr.to_string()],
+            "producer.log",
+            &[],
+        );
+        let proc_ = Proc { child, addr, log };
+        wait_ready(&format!("http://{addr}/readyz"), &proc_).await;
+        self.producer = Some(proc_);
+        self.client(ALPHA_KEY)
+    }
+
+    /// A client of the running producer with `key`.
+    pub fn client(&self, key: &str) -> Client {
+        let addr = self.producer.as_ref().expect("producer started").addr;
+        Client::new(&format!("http://{addr}"), key).expect("client")
+    }
+
+    /// Starts a worker with extra flags and waits until `/readyz` is 200; returns its index.
+    pub async fn start_worker(&mut self, extra: &[&str]) -> usize {
+        let addr = free_addr();
+        let idx = self.workers.len();
+        let mut args = vec![
+            "--admin-addr".to_string(),
+            addr.to_string(),
+            "--worker-id".into(),
+            format!("w{idx}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, log) = self.spawn("flotilla-worker", &args, &format!("worker-{idx}.log"), &[]);
+        let proc_ = Proc { child, addr, log };
+        wait_ready(&format!("http://{addr}/readyz"), &proc_).await;
+        self.workers.push(proc_);
+        idx
+    }
+
+    /// Messages ready in a queue (passive declare).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+
+    /// Log texts of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for p in self.producer.iter().chain(self.workers.iter()) {
+            s.push_str(&format!("==== {}\n{}\n", p.log.display(), p.log_text()));
+        }
+        s
+    }
+}
+
+async fn wait_ready(url: &str, p: &Proc) {
+    let http = reqwest::Client::new();
+    let ok = eventually(Duration::from_secs(30), || async {
+        matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
+    })
+    .await;
+    assert!(ok, "{url} not ready within 30 s; log:\n{}", p.log_text());
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for p in self.producer.iter_mut().chain(self.workers.iter_mut()) {
+            p.kill9();
+        }
+        let names = self.names.clone();
+        let config = self.config.clone();
+        // Cleanup runs on its own runtime with its own connections: Drop may run inside the
+        // test's runtime, whose connection tasks cannot make progress while it waits here.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let ttls = StoreTtls {
+                    result: Duration::from_secs(1),
+                    idempotency: Duration::from_secs(1),
+                };
+                if let Ok(store) = Store::connect(&redis_url(), names.clone(), ttls).await {
+                    let _ = store.delete_namespace().await;
+                }
+                if let Ok(conn) = flotilla_shared::amqp::connect(&amqp_url(), "flotilla-tests-cleanup").await {
+                    if let Ok(ch) = conn.create_channel().await {
+                        let topo = Topology::new(
+                            &names,
+                            &config.jobs.pools,
+                            &config.jobs.retry_tiers_s,
+                            config.jobs.delivery_limit,
+                        );
+                        let _ = topo.delete(&ch).await;
+                    }
+                    let _ = conn.close(200, "cleanup".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Counts of a job's deliveries by webhook-id.
+pub fn by_webhook_id(hits: &[Hit]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for h in hits {
+        *m.entry(h.webhook_id.clone()).or_insert(0) += 1;
+    }
+    m
+}

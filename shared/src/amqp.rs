@@ -149,7 +149,10 @@ pub fn headers<'a>(
 ) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in strings {
-        table.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
+        table.insert(
+            ShortString::from(k),
+            AMQPValue::LongString(LongString::from(v)),
+        );
     }
     for (k, v) in ints {
         table.insert(ShortString::from(k), AMQPValue::LongLongInt(v));

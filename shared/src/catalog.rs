@@ -78,7 +78,10 @@ pub fn validate(model: ModelName, input: &Value, params: &Value) -> Result<(), S
                 &["text"]
             };
             if let Some(extra) = input_obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-                return Err(format!("input.{extra}: unknown field for model {}", model.as_str()));
+                return Err(format!(
+                    "input.{extra}: unknown field for model {}",
+                    model.as_str()
+                ));
             }
             if model == ModelName::Tokens {
                 if let Some(enc) = input_obj.get("encoding") {
@@ -167,15 +170,24 @@ mod tests {
             &null
         )
         .is_ok());
-        let err = validate(ModelName::Tokens, &json!({"text": "a", "encoding": "gpt2"}), &null)
-            .unwrap_err();
+        let err = validate(
+            ModelName::Tokens,
+            &json!({"text": "a", "encoding": "gpt2"}),
+            &null,
+        )
+        .unwrap_err();
         assert!(err.starts_with("input.encoding: unknown encoding"), "{err}");
     }
 
     #[test]
     fn sim_params_are_bounded() {
         let input = json!({});
-        assert!(validate(ModelName::Sim, &input, &json!({"latency_ms": 10, "fail_rate": 0.5})).is_ok());
+        assert!(validate(
+            ModelName::Sim,
+            &input,
+            &json!({"latency_ms": 10, "fail_rate": 0.5})
+        )
+        .is_ok());
         assert!(validate(ModelName::Sim, &input, &json!({"fail_rate": 2.0})).is_err());
         assert!(validate(ModelName::Sim, &input, &json!({"latency_ms": -1})).is_err());
         assert!(validate(ModelName::Sim, &input, &json!({"bogus": 1})).is_err());

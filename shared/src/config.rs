@@ -196,9 +196,11 @@ pub struct LangidConfig {
 impl Default for LangidConfig {
     fn default() -> Self {
         Self {
-            languages: ["eng", "fra", "por", "spa", "ita", "cat", "jpn", "zho", "kor"]
-                .map(String::from)
-                .to_vec(),
+            languages: [
+                "eng", "fra", "por", "spa", "ita", "cat", "jpn", "zho", "kor",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -271,8 +273,8 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let cfg: FileConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let cfg: FileConfig =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         cfg.validate()
             .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))?;
         Ok(cfg)
@@ -289,7 +291,11 @@ impl FileConfig {
             return bad("jobs.pools: at least one pool");
         }
         for p in &j.pools {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return bad("jobs.pools: names of letters, digits, '-' and '_'");
             }
         }
@@ -332,7 +338,10 @@ impl FileConfig {
                 return Err(ConfigError(format!("tenants: {:?} appears twice", t.name)));
             }
             if t.api_key_sha256.is_empty() {
-                return Err(ConfigError(format!("tenants.{}: no api_key_sha256", t.name)));
+                return Err(ConfigError(format!(
+                    "tenants.{}: no api_key_sha256",
+                    t.name
+                )));
             }
             for h in &t.api_key_sha256 {
                 if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -448,7 +457,10 @@ mod tests {
         let cfg: FileConfig = toml::from_str(&toml).unwrap();
         cfg.validate().unwrap();
         let idx = cfg.tenants().unwrap();
-        assert_eq!(idx.authenticate("k1").map(|t| t.name.as_str()), Some("acme"));
+        assert_eq!(
+            idx.authenticate("k1").map(|t| t.name.as_str()),
+            Some("acme")
+        );
         assert!(idx.authenticate("k2").is_none());
         assert!(!format!("{:?}", cfg.tenants[0]).contains("MfKQ"));
     }

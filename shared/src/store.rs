@@ -409,7 +409,12 @@ impl Store {
             .arg(rfc3339(now))
             .invoke_async(&mut c)
             .await?;
-        let num = |i: usize| reply.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let num = |i: usize| {
+            reply
+                .get(i)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let corrupt = || StoreError::Corrupt {
             key: self.names.job_key(id),
             detail: format!("claim reply {reply:?}"),
@@ -618,15 +623,22 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         .ok_or_else(|| corrupt("status".into()))?;
     let created_at = time("created_at")?.ok_or_else(|| corrupt("created_at missing".into()))?;
     let error = match json("error")? {
-        Some(v) => Some(serde_json::from_value::<JobError>(v).map_err(|e| corrupt(format!("error: {e}")))?),
+        Some(v) => Some(
+            serde_json::from_value::<JobError>(v).map_err(|e| corrupt(format!("error: {e}")))?,
+        ),
         None => None,
     };
     let timings = match json("timings")? {
-        Some(v) => serde_json::from_value::<Timings>(v).map_err(|e| corrupt(format!("timings: {e}")))?,
+        Some(v) => {
+            serde_json::from_value::<Timings>(v).map_err(|e| corrupt(format!("timings: {e}")))?
+        }
         None => Timings::default(),
     };
     let webhook = match json("webhook")? {
-        Some(v) => Some(serde_json::from_value::<WebhookSpec>(v).map_err(|e| corrupt(format!("webhook: {e}")))?),
+        Some(v) => Some(
+            serde_json::from_value::<WebhookSpec>(v)
+                .map_err(|e| corrupt(format!("webhook: {e}")))?,
+        ),
         None => None,
     };
     let obj = || Value::Object(serde_json::Map::new());
@@ -640,7 +652,9 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         error,
         attempts: text("attempts").and_then(|s| s.parse().ok()).unwrap_or(0),
         usage: json("usage")?.unwrap_or_else(obj),
-        metadata: json("metadata")?.filter(|v| !v.is_null()).unwrap_or_else(obj),
+        metadata: json("metadata")?
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(obj),
         created_at,
         started_at: time("started_at")?,
         completed_at: time("completed_at")?,

@@ -113,7 +113,10 @@ impl Topology {
                     quorum(),
                     ("x-delivery-limit", QueueArg::Int(i64::from(delivery_limit))),
                     ("x-dead-letter-exchange", QueueArg::Str(names.dlx())),
-                    ("x-dead-letter-strategy", QueueArg::Str("at-least-once".into())),
+                    (
+                        "x-dead-letter-strategy",
+                        QueueArg::Str("at-least-once".into()),
+                    ),
                     ("x-overflow", QueueArg::Str("reject-publish".into())),
                 ],
             });
@@ -132,8 +135,14 @@ impl Topology {
             queues.push(QueueSpec {
                 name: name.clone(),
                 args: vec![
-                    ("x-message-ttl", QueueArg::Int(delay.saturating_mul(1000) as i64)),
-                    ("x-dead-letter-exchange", QueueArg::Str(names.jobs_exchange())),
+                    (
+                        "x-message-ttl",
+                        QueueArg::Int(delay.saturating_mul(1000) as i64),
+                    ),
+                    (
+                        "x-dead-letter-exchange",
+                        QueueArg::Str(names.jobs_exchange()),
+                    ),
                 ],
             });
             bindings.push(BindingSpec {
@@ -236,7 +245,9 @@ mod tests {
         let topo = Topology::new(&names, &["default".into(), "gpu".into()], &[1, 5], 20);
         let gpu = topo.queues.iter().find(|q| q.name == "t.jobs.gpu").unwrap();
         assert!(gpu.args.contains(&("x-delivery-limit", QueueArg::Int(20))));
-        assert!(gpu.args.contains(&("x-queue-type", QueueArg::Str("quorum".into()))));
+        assert!(gpu
+            .args
+            .contains(&("x-queue-type", QueueArg::Str("quorum".into()))));
         let tier = topo.queues.iter().find(|q| q.name == "t.retry.5s").unwrap();
         assert!(tier.args.contains(&("x-message-ttl", QueueArg::Int(5000))));
         assert!(tier

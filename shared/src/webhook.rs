@@ -181,7 +181,8 @@ mod tests {
     fn verifies_with_rotation_and_tolerance() {
         let s = WebhookSecret::parse(SECRET).unwrap();
         let header = format!("v1,bm9wZQ== {EXPECTED}");
-        s.verify(ID, &TS.to_string(), &header, BODY, TS + 10, 300).unwrap();
+        s.verify(ID, &TS.to_string(), &header, BODY, TS + 10, 300)
+            .unwrap();
         assert_eq!(
             s.verify(ID, &TS.to_string(), &header, BODY, TS + 301, 300),
             Err(VerifyError::StaleTimestamp(301))
@@ -198,8 +199,14 @@ mod tests {
 
     #[test]
     fn secrets_are_checked_and_redacted() {
-        assert_eq!(WebhookSecret::parse("whsec_!!"), Err(VerifyError::BadSecret));
-        assert_eq!(WebhookSecret::parse("whsec_YWJj"), Err(VerifyError::BadSecret));
+        assert_eq!(
+            WebhookSecret::parse("whsec_!!"),
+            Err(VerifyError::BadSecret)
+        );
+        assert_eq!(
+            WebhookSecret::parse("whsec_YWJj"),
+            Err(VerifyError::BadSecret)
+        );
         let generated = WebhookSecret::generate();
         let s = WebhookSecret::parse(&generated).unwrap();
         assert!(!format!("{s:?}").contains(&generated[6..]));

@@ -169,9 +169,11 @@ impl TestReceiver {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(AtomicUsize::new(fail_first));
         let secret = WebhookSecret::parse(ALPHA_SECRET).expect("secret");
-        let app = Router::new()
-            .route("/webhooks", post(receive))
-            .with_state((secret, hits.clone(), fail.clone()));
+        let app = Router::new().route("/webhooks", post(receive)).with_state((
+            secret,
+            hits.clone(),
+            fail.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -212,7 +214,11 @@ impl TestReceiver {
 
 type RecvState = (WebhookSecret, Arc<Mutex<Vec<Hit>>>, Arc<AtomicUsize>);
 
-async fn receive(State((secret, hits, fail)): State<RecvState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State((secret, hits, fail)): State<RecvState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let h = |n: &str| {
         headers
             .get(n)
@@ -376,7 +382,13 @@ api_key_sha256 = ["{beta}"]
         }
     }
 
-    fn spawn(&self, binary: &str, args: &[String], log_name: &str, extra_env: &[(&str, &str)]) -> (Child, PathBuf) {
+    fn spawn(
+        &self,
+        binary: &str,
+        args: &[String],
+        log_name: &str,
+        extra_env: &[(&str, &str)],
+    ) -> (Child, PathBuf) {
         let log = self.dir.join(log_name);
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -493,7 +505,9 @@ impl Drop for TestEnv {
                 if let Ok(store) = Store::connect(&redis_url(), names.clone(), ttls).await {
                     let _ = store.delete_namespace().await;
                 }
-                if let Ok(conn) = flotilla_shared::amqp::connect(&amqp_url(), "flotilla-tests-cleanup").await {
+                if let Ok(conn) =
+                    flotilla_shared::amqp::connect(&amqp_url(), "flotilla-tests-cleanup").await
+                {
                     if let Ok(ch) = conn.create_channel().await {
                         let topo = Topology::new(
                             &names,

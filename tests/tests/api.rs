@@ -21,15 +21,28 @@ fn tokens(text: &str) -> JobRequest {
 async fn idempotency_key_same_body_same_job_different_body_conflict() {
     let mut env = TestEnv::new("idem").await;
     let client = env.start_producer().await;
-    let first = client.submit(&tokens("one"), Some("key-1")).await.expect("first");
+    let first = client
+        .submit(&tokens("one"), Some("key-1"))
+        .await
+        .expect("first");
     assert!(first.created);
-    let again = client.submit(&tokens("one"), Some("key-1")).await.expect("again");
+    let again = client
+        .submit(&tokens("one"), Some("key-1"))
+        .await
+        .expect("again");
     assert!(!again.created, "a repeat answers 200");
     assert_eq!(again.response.id, first.response.id);
-    let err = client.submit(&tokens("two"), Some("key-1")).await.expect_err("conflict");
+    let err = client
+        .submit(&tokens("two"), Some("key-1"))
+        .await
+        .expect_err("conflict");
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
     // Other tenants have their own key space.
-    let beta = env.client(BETA_KEY).submit(&tokens("one"), Some("key-1")).await.expect("beta");
+    let beta = env
+        .client(BETA_KEY)
+        .submit(&tokens("one"), Some("key-1"))
+        .await
+        .expect("beta");
     assert_ne!(beta.response.id, first.response.id);
     assert_eq!(env.queue_len(&env.names.jobs_queue("default")).await, 2);
 }
@@ -53,7 +66,11 @@ async fn twenty_concurrent_submits_with_one_key_make_one_job_and_one_message() {
     }
     assert_eq!(ids.len(), 1, "one job id for all 20");
     assert_eq!(created, 1, "exactly one 202");
-    assert_eq!(env.queue_len(&env.names.jobs_queue("default")).await, 1, "exactly one message");
+    assert_eq!(
+        env.queue_len(&env.names.jobs_queue("default")).await,
+        1,
+        "exactly one message"
+    );
 }
 
 #[tokio::test]
@@ -63,7 +80,12 @@ async fn auth_and_tenant_isolation() {
     let base = format!("http://{}", env.producer.as_ref().expect("producer").addr);
     let http = reqwest::Client::new();
 
-    let resp = http.post(format!("{base}/v1/jobs")).json(&tokens("x")).send().await.expect("send");
+    let resp = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&tokens("x"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["error"]["type"], "unauthorized");
@@ -76,11 +98,19 @@ async fn auth_and_tenant_isolation() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
-    let id = alpha.submit(&tokens("mine"), None).await.expect("submit").response.id;
+    let id = alpha
+        .submit(&tokens("mine"), None)
+        .await
+        .expect("submit")
+        .response
+        .id;
     let beta = env.client(BETA_KEY);
     let err = beta.get(&id).await.expect_err("other tenant");
     assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
-    assert_eq!(env.client(ALPHA_KEY).get(&id).await.expect("own").status, JobStatus::Queued);
+    assert_eq!(
+        env.client(ALPHA_KEY).get(&id).await.expect("own").status,
+        JobStatus::Queued
+    );
     let err = alpha.get("not-a-uuid").await.expect_err("bad id");
     assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
 }
@@ -117,7 +147,10 @@ async fn invalid_requests_get_a_named_4xx_and_queue_nothing() {
         assert!(msg.contains(needle), "{msg:?} should name {needle:?}");
     }
     // Over the 1 MiB default limit.
-    let big = format!(r#"{{"model":"sentiment","input":{{"text":"{}"}}}}"#, "a".repeat(1024 * 1024 + 10));
+    let big = format!(
+        r#"{{"model":"sentiment","input":{{"text":"{}"}}}}"#,
+        "a".repeat(1024 * 1024 + 10)
+    );
     let resp = post(big.into_bytes()).await.expect("send");
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let v: Value = resp.json().await.expect("json error body");
@@ -132,7 +165,11 @@ async fn invalid_requests_get_a_named_4xx_and_queue_nothing() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
-    assert_eq!(env.queue_len(&env.names.jobs_queue("default")).await, 0, "nothing queued");
+    assert_eq!(
+        env.queue_len(&env.names.jobs_queue("default")).await,
+        0,
+        "nothing queued"
+    );
     let removed = env.store.delete_namespace().await.expect("scan");
     assert_eq!(removed, 0, "no job record written for refused requests");
 }

@@ -39,12 +39,24 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
     let client = env.start_producer().await;
     let receiver = TestReceiver::start(0).await;
     let w = env.start_worker(&["--concurrency", "1"]).await;
-    let publisher = Publisher::open(&env.amqp, Duration::from_secs(5)).await.expect("publisher");
+    let publisher = Publisher::open(&env.amqp, Duration::from_secs(5))
+        .await
+        .expect("publisher");
     let bomb = vec![b'['; 1024 * 1024];
-    let bodies: [&[u8]; 4] = [br#"{"model":"#, &[0xff, 0xfe, 0x00], br#"{"id":"x"}"#, &bomb];
+    let bodies: [&[u8]; 4] = [
+        br#"{"model":"#,
+        &[0xff, 0xfe, 0x00],
+        br#"{"id":"x"}"#,
+        &bomb,
+    ];
     for body in bodies {
         publisher
-            .publish(&env.names.jobs_exchange(), "default", body, json_properties("bad", headers([], [])))
+            .publish(
+                &env.names.jobs_exchange(),
+                "default",
+                body,
+                json_properties("bad", headers([], [])),
+            )
             .await
             .expect("publish bad message");
     }
@@ -54,7 +66,10 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
         .expect("submit")
         .response
         .id;
-    let job = client.wait(&id, Duration::from_secs(30)).await.expect("valid job ends");
+    let job = client
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .expect("valid job ends");
     assert_eq!(job.status, JobStatus::Succeeded, "{}", env.logs());
 
     let mut reasons = Vec::new();
@@ -68,10 +83,18 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
             .expect("a dead letter");
         reasons.push(header_str(&msg.delivery.properties, HEADER_DLQ_REASON).unwrap_or_default());
     }
-    assert_eq!(reasons, ["invalid_json", "invalid_utf8", "schema_invalid", "too_deep"]);
+    assert_eq!(
+        reasons,
+        ["invalid_json", "invalid_utf8", "schema_invalid", "too_deep"]
+    );
     assert_eq!(env.queue_len(&dlq).await, 0, "exactly four dead letters");
     assert!(env.workers[w].alive(), "the worker never restarts");
-    assert!(eventually(Duration::from_secs(10), || async { receiver.hits().len() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            receiver.hits().len() == 1
+        })
+        .await
+    );
     assert_eq!(receiver.hits().len(), 1, "a webhook for the valid job only");
 }
 
@@ -89,19 +112,35 @@ async fn s1_worker_killed_mid_job_runs_again_with_one_result_and_one_webhook() {
         .expect("submit")
         .response
         .id;
-    assert!(wait_status(&env, &id, JobStatus::Running).await, "{}", env.logs());
+    assert!(
+        wait_status(&env, &id, JobStatus::Running).await,
+        "{}",
+        env.logs()
+    );
     env.workers[first].kill9();
     let stored = env.store.get(&id).await.expect("get").expect("record");
-    assert_eq!(stored.job.status, JobStatus::Running, "never succeeded without the worker");
+    assert_eq!(
+        stored.job.status,
+        JobStatus::Running,
+        "never succeeded without the worker"
+    );
     assert!(stored.job.output.is_none());
 
     env.start_worker(&["--concurrency", "1"]).await;
-    let job = client.wait(&id, Duration::from_secs(45)).await.expect("job ends");
+    let job = client
+        .wait(&id, Duration::from_secs(45))
+        .await
+        .expect("job ends");
     assert_eq!(job.status, JobStatus::Succeeded, "{}", env.logs());
     assert_eq!(job.output.as_ref().expect("output")["latency_ms"], 4000);
     assert_eq!(job.attempts, 2, "the redelivery counts as an attempt");
 
-    assert!(eventually(Duration::from_secs(15), || async { !receiver.hits_for(&id).is_empty() }).await);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            !receiver.hits_for(&id).is_empty()
+        })
+        .await
+    );
     // Nothing left that could deliver again: both queues are empty.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -121,23 +160,43 @@ async fn s1_worker_killed_mid_job_runs_again_with_one_result_and_one_webhook() {
 async fn s7_sigterm_finishes_the_running_job_and_exits_zero() {
     let mut env = TestEnv::new("s7").await;
     let client = env.start_producer().await;
-    let draining = env.start_worker(&["--concurrency", "1", "--grace-s", "60"]).await;
-    let id = client.submit(&sim(3000, None), None).await.expect("submit").response.id;
+    let draining = env
+        .start_worker(&["--concurrency", "1", "--grace-s", "60"])
+        .await;
+    let id = client
+        .submit(&sim(3000, None), None)
+        .await
+        .expect("submit")
+        .response
+        .id;
     assert!(wait_status(&env, &id, JobStatus::Running).await);
     let other = env.start_worker(&["--concurrency", "1"]).await;
     env.workers[draining].sigterm();
     // A job submitted during the drain goes to the other worker.
-    let later = client.submit(&sim(10, None), None).await.expect("submit").response.id;
-    let later_job = client.wait(&later, Duration::from_secs(20)).await.expect("later job");
+    let later = client
+        .submit(&sim(10, None), None)
+        .await
+        .expect("submit")
+        .response
+        .id;
+    let later_job = client
+        .wait(&later, Duration::from_secs(20))
+        .await
+        .expect("later job");
     assert_eq!(later_job.status, JobStatus::Succeeded);
     assert!(env.workers[draining].alive(), "still draining the 3 s job");
 
-    let code = env.workers[draining].wait_exit(Duration::from_secs(30)).await;
+    let code = env.workers[draining]
+        .wait_exit(Duration::from_secs(30))
+        .await;
     assert_eq!(code, Some(0), "{}", env.logs());
     let job = client.get(&id).await.expect("get");
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(job.attempts, 1, "no other worker ran it");
-    assert!(!env.workers[draining].log_text().contains(&later), "no new deliveries while draining");
+    assert!(
+        !env.workers[draining].log_text().contains(&later),
+        "no new deliveries while draining"
+    );
     assert!(env.workers[other].log_text().contains(&later));
 }
 
@@ -147,8 +206,15 @@ async fn s7_sigterm_finishes_the_running_job_and_exits_zero() {
 async fn s7_short_grace_requeues_and_releases_the_lease() {
     let mut env = TestEnv::new("s7short").await;
     let client = env.start_producer().await;
-    let w = env.start_worker(&["--concurrency", "1", "--grace-s", "1"]).await;
-    let id = client.submit(&sim(20_000, None), None).await.expect("submit").response.id;
+    let w = env
+        .start_worker(&["--concurrency", "1", "--grace-s", "1"])
+        .await;
+    let id = client
+        .submit(&sim(20_000, None), None)
+        .await
+        .expect("submit")
+        .response
+        .id;
     assert!(wait_status(&env, &id, JobStatus::Running).await);
     env.workers[w].sigterm();
     let code = env.workers[w].wait_exit(Duration::from_secs(20)).await;
@@ -157,11 +223,21 @@ async fn s7_short_grace_requeues_and_releases_the_lease() {
     let stored = env.store.get(&id).await.expect("get").expect("record");
     assert_eq!(stored.job.status, JobStatus::Queued, "given back, not lost");
     assert_eq!(stored.lease_owner, None, "lease released");
-    assert_eq!(stored.job.attempts, 0, "an interrupted drain is not a failed attempt");
-    assert_eq!(env.queue_len(&env.names.jobs_queue("default")).await, 1, "message requeued");
+    assert_eq!(
+        stored.job.attempts, 0,
+        "an interrupted drain is not a failed attempt"
+    );
+    assert_eq!(
+        env.queue_len(&env.names.jobs_queue("default")).await,
+        1,
+        "message requeued"
+    );
 
     env.start_worker(&["--concurrency", "1"]).await;
-    assert!(wait_status(&env, &id, JobStatus::Running).await, "taken at once, no lease wait");
+    assert!(
+        wait_status(&env, &id, JobStatus::Running).await,
+        "taken at once, no lease wait"
+    );
     let stored = env.store.get(&id).await.expect("get").expect("record");
     assert_eq!(stored.job.attempts, 1);
 }
@@ -177,7 +253,10 @@ async fn sigkill_during_a_batch_loses_no_job() {
     env.start_worker(&["--concurrency", "4"]).await;
     let mut ids = Vec::new();
     for _ in 0..120 {
-        let s = client.submit(&sim(50, Some(receiver.hook_url())), None).await.expect("submit");
+        let s = client
+            .submit(&sim(50, Some(receiver.hook_url())), None)
+            .await
+            .expect("submit");
         ids.push(s.response.id);
     }
     let some_done = eventually(Duration::from_secs(20), || async {
@@ -194,7 +273,10 @@ async fn sigkill_during_a_batch_loses_no_job() {
     env.workers[victim].kill9();
     env.start_worker(&["--concurrency", "4"]).await;
     for id in &ids {
-        let job = client.wait(id, Duration::from_secs(60)).await.expect("job ends");
+        let job = client
+            .wait(id, Duration::from_secs(60))
+            .await
+            .expect("job ends");
         assert_eq!(job.status, JobStatus::Succeeded, "{id}\n{}", env.logs());
         assert!(job.output.is_some());
     }
@@ -204,7 +286,14 @@ async fn sigkill_during_a_batch_loses_no_job() {
     .await;
     assert!(all_hooked, "every job's webhook arrives");
     for id in &ids {
-        let webhook_ids: HashSet<String> = receiver.hits_for(id).into_iter().map(|h| h.webhook_id).collect();
-        assert_eq!(webhook_ids, HashSet::from([event_id(id, EventType::Succeeded)]));
+        let webhook_ids: HashSet<String> = receiver
+            .hits_for(id)
+            .into_iter()
+            .map(|h| h.webhook_id)
+            .collect();
+        assert_eq!(
+            webhook_ids,
+            HashSet::from([event_id(id, EventType::Succeeded)])
+        );
     }
 }

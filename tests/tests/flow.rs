@@ -27,17 +27,27 @@ async fn job_result_and_signed_webhook_equal_the_job_resource() {
 
     let sub = client
         .submit(
-            &request("sentiment", json!({"text": "I love this phone, the battery is great!"}), Some(receiver.hook_url())),
+            &request(
+                "sentiment",
+                json!({"text": "I love this phone, the battery is great!"}),
+                Some(receiver.hook_url()),
+            ),
             None,
         )
         .await
         .expect("submit");
     assert!(sub.created);
     assert_eq!(sub.response.status, JobStatus::Queued);
-    assert_eq!(sub.response.urls.get, format!("/v1/jobs/{}", sub.response.id));
+    assert_eq!(
+        sub.response.urls.get,
+        format!("/v1/jobs/{}", sub.response.id)
+    );
     let id = sub.response.id.clone();
 
-    let job = client.wait(&id, Duration::from_secs(30)).await.expect("job ends");
+    let job = client
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .expect("job ends");
     assert_eq!(job.status, JobStatus::Succeeded, "{}", env.logs());
     let out = job.output.as_ref().expect("output");
     assert_eq!(out["label"], "positive");
@@ -47,12 +57,22 @@ async fn job_result_and_signed_webhook_equal_the_job_resource() {
     assert_eq!(job.metadata["case"], "flow");
     assert!(job.usage["input_chars"].as_u64().expect("usage") > 10);
     assert!(job.started_at.is_some() && job.completed_at.is_some());
-    for t in [job.timings.queue_ms, job.timings.validate_ms, job.timings.preprocess_ms, job.timings.infer_ms, job.timings.postprocess_ms, job.timings.total_ms] {
+    for t in [
+        job.timings.queue_ms,
+        job.timings.validate_ms,
+        job.timings.preprocess_ms,
+        job.timings.infer_ms,
+        job.timings.postprocess_ms,
+        job.timings.total_ms,
+    ] {
         assert!(t.is_some_and(|ms| ms >= 0.0), "{:?}", job.timings);
     }
 
     assert!(
-        eventually(Duration::from_secs(15), || async { !receiver.hits_for(&id).is_empty() }).await,
+        eventually(Duration::from_secs(15), || async {
+            !receiver.hits_for(&id).is_empty()
+        })
+        .await,
         "no webhook; logs:\n{}",
         env.logs()
     );
@@ -63,7 +83,10 @@ async fn job_result_and_signed_webhook_equal_the_job_resource() {
     assert_eq!(hit.webhook_id, event_id(&id, EventType::Succeeded));
     assert_eq!(hit.body["type"], "job.succeeded");
     let resource = client.get_raw(&id).await.expect("get");
-    assert_eq!(hit.body["data"], resource, "webhook data must equal GET /v1/jobs/{{id}}");
+    assert_eq!(
+        hit.body["data"], resource,
+        "webhook data must equal GET /v1/jobs/{{id}}"
+    );
 
     let log = client.deliveries(&id).await.expect("deliveries");
     assert_eq!(log.len(), 1);
@@ -77,32 +100,68 @@ async fn builtin_models_answer_known_values() {
     let client = env.start_producer().await;
     env.start_worker(&[]).await;
     let cases = [
-        ("tokens", json!({"text": "hello world"}), json!({"tokens": 2, "encoding": "cl100k_base"})),
-        ("tokens", json!({"text": "hello world", "encoding": "o200k_base"}), json!({"tokens": 2, "encoding": "o200k_base"})),
+        (
+            "tokens",
+            json!({"text": "hello world"}),
+            json!({"tokens": 2, "encoding": "cl100k_base"}),
+        ),
+        (
+            "tokens",
+            json!({"text": "hello world", "encoding": "o200k_base"}),
+            json!({"tokens": 2, "encoding": "o200k_base"}),
+        ),
     ];
     for (model, input, want) in cases {
-        let id = client.submit(&request(model, input, None), None).await.expect("submit").response.id;
-        let job = client.wait(&id, Duration::from_secs(30)).await.expect("wait");
+        let id = client
+            .submit(&request(model, input, None), None)
+            .await
+            .expect("submit")
+            .response
+            .id;
+        let job = client
+            .wait(&id, Duration::from_secs(30))
+            .await
+            .expect("wait");
         assert_eq!(job.output.as_ref(), Some(&want), "{model}");
         assert_eq!(job.usage["input_tokens"], 2);
     }
     let id = client
-        .submit(&request("langid", json!({"text": "Je voudrais une tasse de café, s'il vous plaît."}), None), None)
+        .submit(
+            &request(
+                "langid",
+                json!({"text": "Je voudrais une tasse de café, s'il vous plaît."}),
+                None,
+            ),
+            None,
+        )
         .await
         .expect("submit")
         .response
         .id;
-    let job = client.wait(&id, Duration::from_secs(30)).await.expect("wait");
+    let job = client
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .expect("wait");
     let out = job.output.expect("output");
     assert_eq!(out["language"], "fra");
     assert!(out["confidence"].as_f64().expect("confidence") > 0.5);
     let id = client
-        .submit(&request("sentiment", json!({"text": "Horrible. It broke after a day and support was useless."}), None), None)
+        .submit(
+            &request(
+                "sentiment",
+                json!({"text": "Horrible. It broke after a day and support was useless."}),
+                None,
+            ),
+            None,
+        )
         .await
         .expect("submit")
         .response
         .id;
-    let job = client.wait(&id, Duration::from_secs(30)).await.expect("wait");
+    let job = client
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .expect("wait");
     assert_eq!(job.output.expect("output")["label"], "negative");
 }
 
@@ -113,7 +172,14 @@ async fn webhook_that_fails_twice_is_retried_with_the_same_webhook_id() {
     env.start_worker(&[]).await;
     let receiver = TestReceiver::start(2).await;
     let id = client
-        .submit(&request("tokens", json!({"text": "retry me"}), Some(receiver.hook_url())), None)
+        .submit(
+            &request(
+                "tokens",
+                json!({"text": "retry me"}),
+                Some(receiver.hook_url()),
+            ),
+            None,
+        )
         .await
         .expect("submit")
         .response
@@ -128,17 +194,34 @@ async fn webhook_that_fails_twice_is_retried_with_the_same_webhook_id() {
     );
     let hits = receiver.hits_for(&id);
     assert_eq!(hits.len(), 3, "two 503s then one 204: {hits:?}");
-    assert_eq!(hits.iter().map(|h| h.answered).collect::<Vec<_>>(), vec![503, 503, 204]);
+    assert_eq!(
+        hits.iter().map(|h| h.answered).collect::<Vec<_>>(),
+        vec![503, 503, 204]
+    );
     let ids = by_webhook_id(&hits);
     assert_eq!(ids.len(), 1, "same webhook-id on every attempt");
     assert!(hits.iter().all(|h| h.verified));
     // The delivery log records every attempt, the last one successful.
     let ok = eventually(Duration::from_secs(5), || async {
-        client.deliveries(&id).await.map(|l| l.len() == 3).unwrap_or(false)
+        client
+            .deliveries(&id)
+            .await
+            .map(|l| l.len() == 3)
+            .unwrap_or(false)
     })
     .await;
     assert!(ok);
     let log = client.deliveries(&id).await.expect("log");
-    assert_eq!(log.iter().map(|e| e["status"].as_u64().unwrap_or(0)).collect::<Vec<_>>(), vec![503, 503, 204]);
-    assert_eq!(log.iter().map(|e| e["attempt"].as_u64().unwrap_or(0)).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        log.iter()
+            .map(|e| e["status"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        vec![503, 503, 204]
+    );
+    assert_eq!(
+        log.iter()
+            .map(|e| e["attempt"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
 }

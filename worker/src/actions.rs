@@ -56,7 +56,9 @@ pub fn tier_for(tiers_s: &[u64], delay: Duration) -> u64 {
 /// ±20% jitter.
 pub fn retry_delay(ctx: &Ctx, attempts: u32) -> Duration {
     let j = &ctx.config.jobs;
-    let exp = j.retry_factor.powi(attempts.saturating_sub(1).min(30) as i32);
+    let exp = j
+        .retry_factor
+        .powi(attempts.saturating_sub(1).min(30) as i32);
     let ms = (j.retry_base_ms as f64 * exp).min(j.retry_cap_ms as f64);
     let jitter = 0.8 + rand::random::<f64>() * 0.4;
     Duration::from_millis((ms * jitter) as u64)
@@ -75,7 +77,12 @@ pub async fn defer(
     let attempt = header_i64(&delivery.properties, HEADER_ATTEMPT).unwrap_or(0);
     let props = json_properties(job_id, headers([], [(HEADER_ATTEMPT, attempt + 1)]));
     match publisher
-        .publish(&ctx.names.retry_tier(tier), &ctx.pool, &delivery.data, props)
+        .publish(
+            &ctx.names.retry_tier(tier),
+            &ctx.pool,
+            &delivery.data,
+            props,
+        )
         .await
     {
         Ok(()) => {

@@ -46,11 +46,17 @@ pub fn envelope(body: &[u8]) -> Result<Envelope, DecodeError> {
     if env.v != ENVELOPE_VERSION {
         return Err(err(
             "schema_invalid",
-            format!("envelope version {} (this worker reads {ENVELOPE_VERSION})", env.v),
+            format!(
+                "envelope version {} (this worker reads {ENVELOPE_VERSION})",
+                env.v
+            ),
         ));
     }
     if uuid::Uuid::parse_str(&env.id).is_err() {
-        return Err(err("schema_invalid", format!("id {:?} is not a UUID", env.id)));
+        return Err(err(
+            "schema_invalid",
+            format!("id {:?} is not a UUID", env.id),
+        ));
     }
     Ok(env)
 }
@@ -90,9 +96,18 @@ mod tests {
 
     #[test]
     fn scenario_s5_reasons() {
-        assert_eq!(envelope(br#"{"model":"#).unwrap_err().reason, "invalid_json");
-        assert_eq!(envelope(&[0xff, 0xfe, 0x00]).unwrap_err().reason, "invalid_utf8");
-        assert_eq!(envelope(br#"{"id":"x"}"#).unwrap_err().reason, "schema_invalid");
+        assert_eq!(
+            envelope(br#"{"model":"#).unwrap_err().reason,
+            "invalid_json"
+        );
+        assert_eq!(
+            envelope(&[0xff, 0xfe, 0x00]).unwrap_err().reason,
+            "invalid_utf8"
+        );
+        assert_eq!(
+            envelope(br#"{"id":"x"}"#).unwrap_err().reason,
+            "schema_invalid"
+        );
         let bomb = vec![b'['; 1024 * 1024];
         assert_eq!(envelope(&bomb).unwrap_err().reason, "too_deep");
     }
@@ -115,6 +130,9 @@ mod tests {
         assert_eq!(env.model, "sentiment");
         let mut wrong = body.clone();
         wrong["v"] = 2.into();
-        assert_eq!(envelope(wrong.to_string().as_bytes()).unwrap_err().reason, "schema_invalid");
+        assert_eq!(
+            envelope(wrong.to_string().as_bytes()).unwrap_err().reason,
+            "schema_invalid"
+        );
     }
 }

@@ -27,7 +27,12 @@ use crate::{
 };
 
 /// Handles one delivery from the pool's job queue. Never panics on input.
-pub async fn handle(ctx: Arc<Ctx>, publisher: Publisher, delivery: Delivery, abort: CancellationToken) {
+pub async fn handle(
+    ctx: Arc<Ctx>,
+    publisher: Publisher,
+    delivery: Delivery,
+    abort: CancellationToken,
+) {
     let queue = ctx.names.jobs_queue(&ctx.pool);
     let env = match decode::envelope(&delivery.data) {
         Ok(env) => env,
@@ -79,13 +84,23 @@ async fn process(
             return;
         }
         Claim::Terminal { status, .. } => {
-            tracing::info!(status = status.as_str(), "already terminal; acking the duplicate");
+            tracing::info!(
+                status = status.as_str(),
+                "already terminal; acking the duplicate"
+            );
             end_after_terminal(ctx, publisher, delivery, &env.id).await;
             return;
         }
         Claim::Leased { remaining } => {
             tracing::info!(?remaining, "leased by another live worker; deferring");
-            defer(ctx, publisher, delivery, &env.id, remaining + Duration::from_millis(100)).await;
+            defer(
+                ctx,
+                publisher,
+                delivery,
+                &env.id,
+                remaining + Duration::from_millis(100),
+            )
+            .await;
             return;
         }
         Claim::Exhausted { attempts } => {
@@ -152,7 +167,10 @@ async fn process(
     renewer.abort();
     let Some(result) = result else {
         tracing::info!("drain: giving the job back to the queue");
-        if let Err(err) = ctx.retry_store(|| ctx.store.release(&env.id, &owner, true)).await {
+        if let Err(err) = ctx
+            .retry_store(|| ctx.store.release(&env.id, &owner, true))
+            .await
+        {
             tracing::warn!(%err, "could not release the lease; it expires by itself");
         }
         requeue(delivery).await;
@@ -179,7 +197,12 @@ async fn process(
             timings.queue_ms = Some(queue_ms);
             let transient = failure.error.transient.then(|| failure.error.clone());
             (
-                failed(failure.error.kind, failure.error.message, json!({}), timings),
+                failed(
+                    failure.error.kind,
+                    failure.error.message,
+                    json!({}),
+                    timings,
+                ),
                 transient,
             )
         }
@@ -192,14 +215,20 @@ async fn process(
                 queue_ms: Some(queue_ms),
                 ..Timings::default()
             };
-            (failed(e.kind, e.message.clone(), json!({}), timings), Some(e))
+            (
+                failed(e.kind, e.message.clone(), json!({}), timings),
+                Some(e),
+            )
         }
     };
     if let Some(err) = transient {
         if attempts < max_attempts {
             let delay = retry_delay(ctx, attempts).max(err.retry_after.unwrap_or_default());
             tracing::info!(error = %err.message, ?delay, attempts, "transient failure; retrying later");
-            match ctx.retry_store(|| ctx.store.release(&env.id, &owner, false)).await {
+            match ctx
+                .retry_store(|| ctx.store.release(&env.id, &owner, false))
+                .await
+            {
                 Ok(_) => defer(ctx, publisher, delivery, &env.id, delay).await,
                 Err(e) => {
                     tracing::warn!(%e, "cannot release for retry; deferring past the lease");
@@ -231,8 +260,7 @@ async fn finish(
     owner: &str,
     mut outcome: Outcome,
 ) {
-    outcome.timings.total_ms =
-        Some((Utc::now() - env.created_at).num_milliseconds().max(0) as f64);
+    outcome.timings.total_ms = Some((Utc::now() - env.created_at).num_milliseconds().max(0) as f64);
     let stored = ctx
         .retry_store(|| ctx.store.finish(&env.id, owner, &outcome))
         .await;

@@ -105,7 +105,9 @@ impl Ctx {
                 .with_jitter(),
         )
         .when(StoreError::is_transient)
-        .notify(|err, dur| tracing::warn!(%err, retry_in = ?dur, "redis operation failed; retrying"))
+        .notify(
+            |err, dur| tracing::warn!(%err, retry_in = ?dur, "redis operation failed; retrying"),
+        )
         .await
     }
 }

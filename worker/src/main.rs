@@ -33,7 +33,12 @@ struct Args {
     #[arg(long, env = "FLOTILLA_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Roles to run: `jobs`, `events` (webhooks), comma-separated.
-    #[arg(long, env = "FLOTILLA_ROLES", default_value = "jobs,events", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "FLOTILLA_ROLES",
+        default_value = "jobs,events",
+        value_delimiter = ','
+    )]
     roles: Vec<String>,
     /// Admin HTTP address (`/healthz`, `/readyz`).
     #[arg(long, env = "FLOTILLA_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
@@ -66,13 +71,18 @@ async fn main() -> anyhow::Result<()> {
     if args.concurrency == 0 {
         fail("configuration error: --concurrency must be at least 1");
     }
-    let mut roles = Roles { jobs: false, events: false };
+    let mut roles = Roles {
+        jobs: false,
+        events: false,
+    };
     for r in &args.roles {
         match r.trim() {
             "jobs" => roles.jobs = true,
             "events" | "webhooks" => roles.events = true,
             "" => {}
-            other => fail(format!("configuration error: unknown role {other:?} (jobs, events)")),
+            other => fail(format!(
+                "configuration error: unknown role {other:?} (jobs, events)"
+            )),
         }
     }
     if !roles.jobs && !roles.events {

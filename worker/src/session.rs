@@ -93,10 +93,19 @@ pub async fn run(ctx: Arc<Ctx>, settings: SessionSettings, stop: CancellationTok
     tracker.close();
     let in_flight = tracker.len();
     tracing::info!(in_flight, grace = ?settings.grace, "draining");
-    if tokio::time::timeout(settings.grace, tracker.wait()).await.is_err() {
-        tracing::warn!(left = tracker.len(), "grace period over; requeueing unfinished work");
+    if tokio::time::timeout(settings.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            "grace period over; requeueing unfinished work"
+        );
         abort.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("tasks did not stop; their messages return to the queue on close");
         }
     }
@@ -104,7 +113,11 @@ pub async fn run(ctx: Arc<Ctx>, settings: SessionSettings, stop: CancellationTok
         for (channel, _, _, _) in &session.consumers {
             let _ = channel.close(200, "shutdown".into()).await;
         }
-        let _ = session.publisher.channel().close(200, "shutdown".into()).await;
+        let _ = session
+            .publisher
+            .channel()
+            .close(200, "shutdown".into())
+            .await;
         let _ = session.conn.close(200, "shutdown".into()).await;
     }
     tracing::info!("drained");
@@ -112,7 +125,11 @@ pub async fn run(ctx: Arc<Ctx>, settings: SessionSettings, stop: CancellationTok
 
 async fn open(ctx: &Ctx, s: &SessionSettings) -> Result<Session, lapin::Error> {
     let conn = connect(&s.amqp_url, &format!("flotilla-worker {}", ctx.worker_id)).await?;
-    let publisher = Publisher::open(&conn, Duration::from_millis(ctx.config.jobs.confirm_timeout_ms)).await?;
+    let publisher = Publisher::open(
+        &conn,
+        Duration::from_millis(ctx.config.jobs.confirm_timeout_ms),
+    )
+    .await?;
     let j = &ctx.config.jobs;
     Topology::new(&ctx.names, &j.pools, &j.retry_tiers_s, j.delivery_limit)
         .declare(publisher.channel())
@@ -140,7 +157,12 @@ async fn open(ctx: &Ctx, s: &SessionSettings) -> Result<Session, lapin::Error> {
         add(ctx.names.jobs_queue(&ctx.pool), s.concurrency, Kind::Jobs).await?;
     }
     if s.roles.events {
-        add(ctx.names.events_queue(), ctx.config.webhooks.concurrency, Kind::Events).await?;
+        add(
+            ctx.names.events_queue(),
+            ctx.config.webhooks.concurrency,
+            Kind::Events,
+        )
+        .await?;
     }
     tracing::info!(pool = %ctx.pool, prefetch = s.concurrency, "consuming");
     Ok(Session {

@@ -11,7 +11,10 @@ use axum::{
 use chrono::Utc;
 use flotilla_shared::{
     amqp::{headers, json_properties},
-    job::{canonical_json, Envelope, Job, JobRequest, JobStatus, JobUrls, SubmitResponse, ENVELOPE_VERSION},
+    job::{
+        canonical_json, Envelope, Job, JobRequest, JobStatus, JobUrls, SubmitResponse,
+        ENVELOPE_VERSION,
+    },
     names::HEADER_ATTEMPT,
     store::{IdempotencyClaim, StoredJob},
 };
@@ -22,7 +25,11 @@ use super::{validate, ApiError, AppState, AuthTenant};
 /// Header naming a caller's idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-fn submit_response(id: &str, status: JobStatus, created_at: chrono::DateTime<Utc>) -> SubmitResponse {
+fn submit_response(
+    id: &str,
+    status: JobStatus,
+    created_at: chrono::DateTime<Utc>,
+) -> SubmitResponse {
     SubmitResponse {
         id: id.to_owned(),
         status,
@@ -33,7 +40,11 @@ fn submit_response(id: &str, status: JobStatus, created_at: chrono::DateTime<Utc
     }
 }
 
-fn parse_body(body: Result<Bytes, BytesRejection>, headers: &HeaderMap, limit: usize) -> Result<JobRequest, ApiError> {
+fn parse_body(
+    body: Result<Bytes, BytesRejection>,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<JobRequest, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         if !ct.starts_with("application/json") {
@@ -56,7 +67,10 @@ fn parse_body(body: Result<Bytes, BytesRejection>, headers: &HeaderMap, limit: u
         }
     })?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}"))
+        ApiError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
     })?;
     serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("request body: {e}")))
 }
@@ -84,9 +98,8 @@ pub async fn create(
         }
         None => None,
     };
-    let canonical = canonical_json(
-        &serde_json::to_value(&req).map_err(|e| ApiError::internal(&e))?,
-    );
+    let canonical =
+        canonical_json(&serde_json::to_value(&req).map_err(|e| ApiError::internal(&e))?);
     let body_hash = flotilla_shared::sha256_hex(canonical.as_bytes());
 
     let env = Envelope {
@@ -95,9 +108,13 @@ pub async fn create(
         tenant: tenant.clone(),
         model: req.model,
         input: req.input,
-        params: req.params.unwrap_or_else(|| Value::Object(Default::default())),
+        params: req
+            .params
+            .unwrap_or_else(|| Value::Object(Default::default())),
         webhook: req.webhook,
-        metadata: req.metadata.unwrap_or_else(|| Value::Object(Default::default())),
+        metadata: req
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default())),
         created_at: Utc::now(),
         deadline: req.deadline,
         timeout_s: req.timeout_s,
@@ -119,7 +136,10 @@ pub async fn create(
             {
                 Ok(IdempotencyClaim::Reserved) => break,
                 Ok(IdempotencyClaim::Vanished) => continue,
-                Ok(IdempotencyClaim::Existing { job_id, body_hash: existing_hash }) => {
+                Ok(IdempotencyClaim::Existing {
+                    job_id,
+                    body_hash: existing_hash,
+                }) => {
                     st.store.discard_submission(&env.id).await?;
                     if existing_hash != body_hash {
                         return Err(ApiError::new(
@@ -137,7 +157,11 @@ pub async fn create(
                     })?;
                     return Ok((
                         StatusCode::OK,
-                        Json(submit_response(&job_id, existing.job.status, existing.job.created_at)),
+                        Json(submit_response(
+                            &job_id,
+                            existing.job.status,
+                            existing.job.created_at,
+                        )),
                     ));
                 }
                 Err(e) => {
@@ -179,7 +203,13 @@ async fn publish(st: &AppState, env: &Envelope) -> Result<(), flotilla_shared::a
     })?;
     let props = json_properties(&env.id, headers([], [(HEADER_ATTEMPT, 0)]));
     let names = st.store.names();
-    let pool = st.config.jobs.pools.first().map(String::as_str).unwrap_or("default");
+    let pool = st
+        .config
+        .jobs
+        .pools
+        .first()
+        .map(String::as_str)
+        .unwrap_or("default");
     publisher
         .publish(&names.jobs_exchange(), pool, &body, props)
         .await

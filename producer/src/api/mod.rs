@@ -68,10 +68,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> (StatusCode, Json<serde_json
     (status, Json(json!({"broker": broker, "redis": redis})))
 }
 
-async fn models(
-    State(st): State<Arc<AppState>>,
-    _tenant: AuthTenant,
-) -> Json<serde_json::Value> {
+async fn models(State(st): State<Arc<AppState>>, _tenant: AuthTenant) -> Json<serde_json::Value> {
     use flotilla_shared::catalog::{ModelName, ENCODINGS};
     let list: Vec<_> = ModelName::ALL
         .into_iter()

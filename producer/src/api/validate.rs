@@ -2,8 +2,8 @@
 
 use std::net::IpAddr;
 
-use flotilla_shared::webhook::is_private_ip;
 use chrono::Utc;
+use flotilla_shared::webhook::is_private_ip;
 use flotilla_shared::{
     catalog::{self, ModelName},
     config::FileConfig,
@@ -92,7 +92,9 @@ pub fn webhook_url(url: &str, cfg: &FileConfig) -> Result<(), ApiError> {
         }
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(ApiError::invalid("webhook.url: credentials in the URL are not allowed"));
+        return Err(ApiError::invalid(
+            "webhook.url: credentials in the URL are not allowed",
+        ));
     }
     let host = parsed
         .host_str()

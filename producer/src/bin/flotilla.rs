@@ -26,7 +26,12 @@ use serde_json::Value;
 #[command(version, about)]
 struct Cli {
     /// API base URL.
-    #[arg(long, global = true, env = "FLOTILLA_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
     /// API key (Bearer token).
     #[arg(long, global = true, env = "FLOTILLA_API_KEY", hide_env_values = true)]

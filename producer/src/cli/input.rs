@@ -101,7 +101,9 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>, InputError> {
                 message: m,
             };
             let v: Value = serde_json::from_str(l).map_err(|e| err(format!("not JSON: {e}")))?;
-            let obj = v.as_object().ok_or_else(|| err("expected an object".into()))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| err("expected an object".into()))?;
             let input = obj.get("input").cloned().unwrap_or_else(|| v.clone());
             let label = obj.get("label").map(|l| match l {
                 Value::String(s) => s.clone(),
@@ -143,7 +145,10 @@ fn parse_tsv(path: &Path, text: &str, columns: &str) -> Result<Vec<Record>, Inpu
                 return Err(InputError::Record {
                     path: path.to_owned(),
                     line,
-                    message: format!("expected {n} tab-separated fields ({columns}), found {}", fields.len()),
+                    message: format!(
+                        "expected {n} tab-separated fields ({columns}), found {}",
+                        fields.len()
+                    ),
                 });
             }
             Ok(Record {
@@ -173,7 +178,12 @@ mod tests {
 
     #[test]
     fn tsv_with_text_last() {
-        let recs = parse_tsv(Path::new("t.csv"), "17\tfra\tBonjour\tà tous\n", "id,label,text").unwrap();
+        let recs = parse_tsv(
+            Path::new("t.csv"),
+            "17\tfra\tBonjour\tà tous\n",
+            "id,label,text",
+        )
+        .unwrap();
         assert_eq!(recs[0].input["text"], "Bonjour\tà tous");
         assert_eq!(recs[0].label.as_deref(), Some("fra"));
         let err = parse_tsv(Path::new("t.csv"), "only\n", "id,label,text").unwrap_err();

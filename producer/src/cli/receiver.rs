@@ -101,7 +101,11 @@ pub fn router(state: Arc<ReceiverState>) -> Router {
         .with_state(state)
 }
 
-async fn receive(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(st): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let h = |name: &str| {
         headers
             .get(name)
@@ -149,7 +153,10 @@ struct StatsRequest {
     ids: Vec<String>,
 }
 
-async fn stats(State(st): State<Arc<ReceiverState>>, Json(req): Json<StatsRequest>) -> Json<WebhookCounts> {
+async fn stats(
+    State(st): State<Arc<ReceiverState>>,
+    Json(req): Json<StatsRequest>,
+) -> Json<WebhookCounts> {
     Json(st.counts(req.ids.iter().map(String::as_str)))
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{
     input::{self, InputError, Record},
-    summary::{is_correct, LabelScore, Percentiles, Summary, WebhookCounts},
+    summary::{is_correct, Percentiles, Summary, WebhookCounts},
 };
 use crate::client::{Client, ClientError};
 
@@ -92,33 +92,40 @@ pub async fn run(client: &Client, opts: &RunOptions) -> Result<Summary, RunError
 
     // Submit.
     let pb = bar(opts.progress, records.len(), "submit");
-    let submitted: Vec<(usize, Result<String, ClientError>)> = stream::iter(records.iter().enumerate())
-        .map(|(i, rec)| {
-            let req = JobRequest {
-                model: opts.model.clone(),
-                input: rec.input.clone(),
-                params: opts.params.clone(),
-                webhook: webhook.clone(),
-                metadata: Some(json!({"source": rec.source.display().to_string(), "line": rec.line})),
-                timeout_s: None,
-                deadline: None,
-            };
-            let key = format!("run-{run_id}-{i}");
-            let pb = pb.clone();
-            async move {
-                // The idempotency key makes a retried submit safe.
-                let r = (|| client.submit(&req, Some(&key)))
-                    .retry(ExponentialBuilder::default().with_max_times(5).with_jitter())
-                    .when(ClientError::is_transient)
-                    .await
-                    .map(|s| s.response.id);
-                pb.inc(1);
-                (i, r)
-            }
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect()
-        .await;
+    let submitted: Vec<(usize, Result<String, ClientError>)> =
+        stream::iter(records.iter().enumerate())
+            .map(|(i, rec)| {
+                let req = JobRequest {
+                    model: opts.model.clone(),
+                    input: rec.input.clone(),
+                    params: opts.params.clone(),
+                    webhook: webhook.clone(),
+                    metadata: Some(
+                        json!({"source": rec.source.display().to_string(), "line": rec.line}),
+                    ),
+                    timeout_s: None,
+                    deadline: None,
+                };
+                let key = format!("run-{run_id}-{i}");
+                let pb = pb.clone();
+                async move {
+                    // The idempotency key makes a retried submit safe.
+                    let r = (|| client.submit(&req, Some(&key)))
+                        .retry(
+                            ExponentialBuilder::default()
+                                .with_max_times(5)
+                                .with_jitter(),
+                        )
+                        .when(ClientError::is_transient)
+                        .await
+                        .map(|s| s.response.id);
+                    pb.inc(1);
+                    (i, r)
+                }
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
     pb.finish_and_clear();
     let mut ids: HashMap<usize, String> = HashMap::new();
     let mut submit_errors = 0;
@@ -153,7 +160,11 @@ pub async fn run(client: &Client, opts: &RunOptions) -> Result<Summary, RunError
     while !pending.is_empty() && tokio::time::Instant::now() < deadline {
         let results: Vec<(usize, String, Option<Job>)> = stream::iter(pending.drain(..))
             .map(|(i, id)| async move {
-                let job = client.get(&id).await.ok().filter(|j| j.status.is_terminal());
+                let job = client
+                    .get(&id)
+                    .await
+                    .ok()
+                    .filter(|j| j.status.is_terminal());
                 (i, id, job)
             })
             .buffer_unordered(opts.concurrency.max(1))
@@ -180,7 +191,14 @@ pub async fn run(client: &Client, opts: &RunOptions) -> Result<Summary, RunError
         Some(r) => Some(wait_for_webhooks(r, &done, deadline).await?),
         None => None,
     };
-    Ok(summarize(opts, &records, &ids, &done, submit_errors, webhooks))
+    Ok(summarize(
+        opts,
+        &records,
+        &ids,
+        &done,
+        submit_errors,
+        webhooks,
+    ))
 }
 
 async fn wait_for_webhooks(
@@ -240,7 +258,11 @@ fn summarize(
         }
         if let Some(c) = job.completed_at {
             latency.push((c - job.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-            first = Some(first.map_or(job.created_at, |f: chrono::DateTime<chrono::Utc>| f.min(job.created_at)));
+            first = Some(
+                first.map_or(job.created_at, |f: chrono::DateTime<chrono::Utc>| {
+                    f.min(job.created_at)
+                }),
+            );
             last = Some(last.map_or(c, |l: chrono::DateTime<chrono::Utc>| l.max(c)));
         }
         queue.extend(job.timings.queue_ms);
@@ -251,7 +273,7 @@ fn summarize(
         let ok = is_correct(&opts.model, label, output);
         s.labelled += 1;
         s.correct += usize::from(ok);
-        let e = s.per_label.entry(label.clone()).or_insert_with(LabelScore::default);
+        let e = s.per_label.entry(label.clone()).or_default();
         e.n += 1;
         e.correct += usize::from(ok);
         if !opts.unsupported_labels.contains(label) {

@@ -108,8 +108,12 @@ pub struct Summary {
 }
 
 /// ISO 639-3 individual languages and the macrolanguage a detector may report instead.
-const MACROLANGUAGES: [(&str, &str); 4] =
-    [("cmn", "zho"), ("yue", "zho"), ("arb", "ara"), ("pes", "fas")];
+const MACROLANGUAGES: [(&str, &str); 4] = [
+    ("cmn", "zho"),
+    ("yue", "zho"),
+    ("arb", "ara"),
+    ("pes", "fas"),
+];
 
 /// Whether `output` answers `label` for `model`.
 ///
@@ -138,7 +142,10 @@ pub fn is_correct(model: &str, label: &str, output: &Value) -> bool {
             None => false,
         },
         "tokens" => output.get("tokens").map(Value::to_string).as_deref() == Some(label),
-        _ => output.to_string() == label,
+        _ => {
+            output.as_str() == Some(label)
+                || serde_json::from_str::<Value>(label).is_ok_and(|l| l == *output)
+        }
     }
 }
 
@@ -218,7 +225,11 @@ mod tests {
         assert!(is_correct("sentiment", "1", &json!({"label": "positive"})));
         assert!(is_correct("sentiment", "0", &json!({"label": "neutral"})));
         assert!(!is_correct("sentiment", "1", &json!({"label": "neutral"})));
-        assert!(!is_correct("sentiment", "negative", &json!({"label": "neutral"})));
+        assert!(!is_correct(
+            "sentiment",
+            "negative",
+            &json!({"label": "neutral"})
+        ));
         assert!(is_correct("langid", "cmn", &json!({"language": "zho"})));
         assert!(!is_correct("langid", "glg", &json!({"language": "por"})));
         assert!(!is_correct("langid", "eng", &json!({"language": null})));

@@ -79,8 +79,14 @@ mod tests {
     fn identifies_configured_languages_and_rejects_unknown_codes() {
         let codes: Vec<String> = ["eng", "fra", "spa"].map(String::from).to_vec();
         let l = Langid::new(&codes).unwrap();
-        assert_eq!(l.identify("The weather is lovely today.")["language"], "eng");
-        assert_eq!(l.identify("Je ne sais pas ce que tu veux dire.")["language"], "fra");
+        assert_eq!(
+            l.identify("The weather is lovely today.")["language"],
+            "eng"
+        );
+        assert_eq!(
+            l.identify("Je ne sais pas ce que tu veux dire.")["language"],
+            "fra"
+        );
         assert_eq!(l.identify("1234 !!")["language"], Value::Null);
         assert!(Langid::new(&["eng".into(), "glg".into()]).is_err());
     }

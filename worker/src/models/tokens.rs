@@ -52,7 +52,10 @@ mod tests {
         let t = Tokens::new().unwrap();
         // "hello world" is two tokens in both encodings.
         assert_eq!(t.count("hello world", None).unwrap()["tokens"], 2);
-        assert_eq!(t.count("hello world", Some("o200k_base")).unwrap()["tokens"], 2);
+        assert_eq!(
+            t.count("hello world", Some("o200k_base")).unwrap()["tokens"],
+            2
+        );
         assert_eq!(t.count("", None).unwrap()["tokens"], 0);
         assert!(t.count("x", Some("gpt2")).is_err());
     }

@@ -31,7 +31,12 @@ use crate::{
 };
 
 /// Handles one event delivery.
-pub async fn handle(ctx: Arc<Ctx>, publisher: Publisher, delivery: Delivery, abort: CancellationToken) {
+pub async fn handle(
+    ctx: Arc<Ctx>,
+    publisher: Publisher,
+    delivery: Delivery,
+    abort: CancellationToken,
+) {
     let props = &delivery.properties;
     let fields = (
         header_str(props, HEADER_EVENT_ID),
@@ -41,7 +46,15 @@ pub async fn handle(ctx: Arc<Ctx>, publisher: Publisher, delivery: Delivery, abo
     );
     let (Some(event_id), Some(tenant), Some(url), Some(job_id)) = fields else {
         let queue = ctx.names.events_queue();
-        dead_letter(&ctx, &publisher, &delivery, &queue, "schema_invalid", "event headers missing").await;
+        dead_letter(
+            &ctx,
+            &publisher,
+            &delivery,
+            &queue,
+            "schema_invalid",
+            "event headers missing",
+        )
+        .await;
         return;
     };
     let Some(secret) = ctx
@@ -50,12 +63,20 @@ pub async fn handle(ctx: Arc<Ctx>, publisher: Publisher, delivery: Delivery, abo
         .and_then(|t| t.webhook_secret.clone())
     else {
         tracing::error!(%tenant, %job_id, "no webhook secret for this tenant; event not sent");
-        log_attempt(&ctx, &job_id, &event_id, 0, Err(&DeliveryError {
-            status: None,
-            message: "tenant has no webhook secret".into(),
-            retry_after: None,
-            permanent: true,
-        }), 0.0).await;
+        log_attempt(
+            &ctx,
+            &job_id,
+            &event_id,
+            0,
+            Err(&DeliveryError {
+                status: None,
+                message: "tenant has no webhook secret".into(),
+                retry_after: None,
+                permanent: true,
+            }),
+            0.0,
+        )
+        .await;
         ack(&delivery).await;
         return;
     };
@@ -67,8 +88,19 @@ pub async fn handle(ctx: Arc<Ctx>, publisher: Publisher, delivery: Delivery, abo
     let send = || async {
         let n = attempt_no.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Instant::now();
-        let result = ctx.webhooks.send(&url, &event_id, body, &secret, None).await;
-        log_attempt(&ctx, &job_id, &event_id, n, result.as_ref().map(|d| d.status), elapsed_ms(started)).await;
+        let result = ctx
+            .webhooks
+            .send(&url, &event_id, body, &secret, None)
+            .await;
+        log_attempt(
+            &ctx,
+            &job_id,
+            &event_id,
+            n,
+            result.as_ref().map(|d| d.status),
+            elapsed_ms(started),
+        )
+        .await;
         result
     };
     let retried = send

@@ -194,6 +194,20 @@ impl Client {
         Ok(Self::check(resp).await?.json().await?)
     }
 
+    /// `POST /v1/jobs/{id}/cancel`: the job as the API answered it.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 404 unknown, 409 already ended.
+    pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/jobs/{id}/cancel", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+
     /// `GET /v1/jobs/{id}/deliveries`: the webhook delivery log.
     ///
     /// # Errors
@@ -211,6 +225,95 @@ impl Client {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default())
+    }
+
+    async fn admin_call(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let resp = req.bearer_auth(&self.api_key).send().await?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+
+    /// `GET /v1/admin/dlq`: dead letters matching `filter` (admin key).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] (403 without admin scope) or a transport error.
+    pub async fn dlq_list(
+        &self,
+        filter: &flotilla_shared::dlq::DlqFilter,
+        limit: usize,
+    ) -> Result<Vec<Value>, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some(r) = &filter.reason {
+            query.push(("reason", r.clone()));
+        }
+        if let Some(m) = &filter.model {
+            query.push(("model", m.clone()));
+        }
+        if let Some(t) = &filter.tenant {
+            query.push(("tenant", t.clone()));
+        }
+        if let Some(s) = &filter.since {
+            query.push(("since", s.to_rfc3339()));
+        }
+        let url = reqwest::Url::parse_with_params(&format!("{}/v1/admin/dlq", self.base), &query)
+            .map_err(|_| ClientError::InvalidUrl(self.base.clone()))?;
+        let v = self.admin_call(self.http.get(url)).await?;
+        Ok(v.get("entries")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// `GET /v1/admin/dlq/{entry_id}`.
+    ///
+    /// # Errors
+    /// As [`Self::dlq_list`]; 404 for an unknown entry.
+    pub async fn dlq_show(&self, entry_id: &str) -> Result<Value, ClientError> {
+        self.admin_call(
+            self.http
+                .get(format!("{}/v1/admin/dlq/{entry_id}", self.base)),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/dlq/{entry_id}/replay`.
+    ///
+    /// # Errors
+    /// As [`Self::dlq_show`]; 409 when the job cannot be replayed, 422 for a message that is
+    /// not a job.
+    pub async fn dlq_replay(&self, entry_id: &str) -> Result<Value, ClientError> {
+        self.admin_call(
+            self.http
+                .post(format!("{}/v1/admin/dlq/{entry_id}/replay", self.base)),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/admin/dlq/{entry_id}`.
+    ///
+    /// # Errors
+    /// As [`Self::dlq_show`].
+    pub async fn dlq_purge(&self, entry_id: &str) -> Result<Value, ClientError> {
+        self.admin_call(
+            self.http
+                .delete(format!("{}/v1/admin/dlq/{entry_id}", self.base)),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/dlq/purge`: every entry matching `filter`.
+    ///
+    /// # Errors
+    /// As [`Self::dlq_list`].
+    pub async fn dlq_purge_matching(
+        &self,
+        filter: &flotilla_shared::dlq::DlqFilter,
+    ) -> Result<Value, ClientError> {
+        self.admin_call(
+            self.http
+                .post(format!("{}/v1/admin/dlq/purge", self.base))
+                .json(filter),
+        )
+        .await
     }
 
     /// Polls `GET /v1/jobs/{id}` (20 ms doubling to 500 ms) until the job is terminal.

@@ -244,6 +244,9 @@ pub struct TenantConfig {
     /// Name of an env var holding the webhook signing secret.
     #[serde(default)]
     pub webhook_secret_env: Option<String>,
+    /// May use the admin API (`/v1/admin/...`: dead-letter queue inspection and replay).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl fmt::Debug for TenantConfig {
@@ -263,6 +266,8 @@ pub struct Tenant {
     pub name: String,
     /// Signing secret for its webhooks, if it has one.
     pub webhook_secret: Option<WebhookSecret>,
+    /// May use the admin API.
+    pub admin: bool,
 }
 
 impl FileConfig {
@@ -387,6 +392,7 @@ impl FileConfig {
             let tenant = Tenant {
                 name: t.name.clone(),
                 webhook_secret,
+                admin: t.admin,
             };
             for h in &t.api_key_sha256 {
                 by_hash.insert(h.to_ascii_lowercase(), t.name.clone());

@@ -6,7 +6,9 @@
 //! - [`names`]: every exchange, queue and Redis key name under one namespace.
 //! - [`topology`]: the RabbitMQ topology as data, declared idempotently.
 //! - [`amqp`]: connecting to the broker and publishing with publisher confirms.
+//! - [`dlq`]: dead-letter entries kept in Redis for inspection and replay.
 //! - [`store`]: the Redis job store and its atomic (Lua) state transitions.
+//! - [`events`]: completion events published for the webhook dispatcher.
 //! - [`webhook`]: Standard Webhooks signing and verification.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
@@ -16,6 +18,8 @@
 pub mod amqp;
 pub mod catalog;
 pub mod config;
+pub mod dlq;
+pub mod events;
 pub mod job;
 pub mod names;
 pub mod shutdown;

@@ -105,6 +105,11 @@ impl Names {
         format!("{}:idem:{tenant}:{digest}", self.ns)
     }
 
+    /// Redis stream of dead-letter entries (inspection and replay).
+    pub fn dlq_stream(&self) -> String {
+        format!("{}:dlq", self.ns)
+    }
+
     /// Pattern matching every Redis key of the namespace (for cleanup).
     pub fn redis_pattern(&self) -> String {
         format!("{}:*", self.ns)

@@ -110,6 +110,61 @@ pub enum Finish {
     NotOwner,
 }
 
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, extended.
+    Renewed,
+    /// Still ours, extended, and the caller asked to cancel: stop the run.
+    CancelRequested,
+    /// No longer ours (expired and claimed elsewhere, or the job ended).
+    Lost,
+}
+
+/// What [`Store::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// No such job.
+    Missing,
+    /// Already ended; nothing changed.
+    AlreadyTerminal,
+    /// It was waiting: now `canceled`.
+    Canceled,
+    /// A worker holds it: the tombstone is set, the worker stops the run.
+    Requested,
+}
+
+fn canceled_error() -> String {
+    serde_json::to_string(&JobError {
+        kind: crate::job::ErrorKind::Canceled,
+        message: "canceled by the caller".into(),
+    })
+    .unwrap_or_default()
+}
+
+/// Runs a store operation with bounded retries of transient errors: about 3 s in all
+/// (100 ms doubling to 2 s, 4 retries, jitter), as `SCENARIOS.md` S4 asks.
+///
+/// # Errors
+/// The last error when retries run out, or a permanent error at once.
+pub async fn with_retries<T, F, Fut>(op: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(4)
+            .with_jitter(),
+    )
+    .when(StoreError::is_transient)
+    .notify(|err, dur| tracing::warn!(%err, retry_in = ?dur, "redis operation failed; retrying"))
+    .await
+}
+
 /// The terminal state to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -166,6 +221,8 @@ struct Scripts {
     submission: Script,
     release_idempotency: Script,
     mark_event: Script,
+    cancel: Script,
+    reopen: Script,
 }
 
 /// Handle to the job store. Cheap to clone; clones share one multiplexed connection that
@@ -208,8 +265,15 @@ impl Store {
                 submission: Script::new(include_str!("lua/submission.lua")),
                 release_idempotency: Script::new(include_str!("lua/release_idempotency.lua")),
                 mark_event: Script::new(include_str!("lua/mark_event.lua")),
+                cancel: Script::new(include_str!("lua/cancel.lua")),
+                reopen: Script::new(include_str!("lua/reopen.lua")),
             }),
         })
+    }
+
+    /// A handle on the shared multiplexed connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// The names in use.
@@ -407,6 +471,7 @@ impl Store {
             .arg(max_attempts)
             .arg(self.ttls.result.as_millis() as u64)
             .arg(rfc3339(now))
+            .arg(canceled_error())
             .invoke_async(&mut c)
             .await?;
         let num = |i: usize| {
@@ -442,11 +507,11 @@ impl Store {
         })
     }
 
-    /// Extends `owner`'s lease to now + `lease`. `false` when the lease is no longer theirs.
+    /// Extends `owner`'s lease to now + `lease`, and reports a cancel request.
     ///
     /// # Errors
     /// [`StoreError`] from Redis.
-    pub async fn renew(&self, id: &str, owner: &str, lease: Duration) -> StoreResult<bool> {
+    pub async fn renew(&self, id: &str, owner: &str, lease: Duration) -> StoreResult<Renewal> {
         let until = Utc::now().timestamp_millis() + lease.as_millis() as i64;
         let mut c = self.conn.clone();
         let n: i64 = self
@@ -457,7 +522,76 @@ impl Store {
             .arg(until)
             .invoke_async(&mut c)
             .await?;
-        Ok(n == 1)
+        Ok(match n {
+            1 => Renewal::Renewed,
+            2 => Renewal::CancelRequested,
+            _ => Renewal::Lost,
+        })
+    }
+
+    /// Reopens an ended (not succeeded) job for a replay (see `lua/reopen.lua`); returns the
+    /// script's answer: `ok`, `missing`, `succeeded` or `active`.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn reopen(&self, id: &str) -> StoreResult<String> {
+        let mut c = self.conn.clone();
+        Ok(self
+            .scripts
+            .reopen
+            .key(self.names.job_key(id))
+            .arg(self.ttls.result.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?)
+    }
+
+    /// The idempotency key a job was submitted with, if any (tenant, key).
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn idempotency_of(&self, id: &str) -> StoreResult<Option<(String, String)>> {
+        let mut c = self.conn.clone();
+        let (tenant, key): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.names.job_key(id))
+            .arg("tenant")
+            .arg("idempotency_key")
+            .query_async(&mut c)
+            .await?;
+        Ok(tenant.zip(key))
+    }
+
+    /// Cancels a job (see `lua/cancel.lua`).
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn cancel(&self, id: &str) -> StoreResult<Cancel> {
+        let now = Utc::now();
+        let mut c = self.conn.clone();
+        let reply: String = self
+            .scripts
+            .cancel
+            .key(self.names.job_key(id))
+            .arg(now.timestamp_millis())
+            .arg(rfc3339(now))
+            .arg(canceled_error())
+            .arg(self.ttls.result.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match reply.as_str() {
+            "missing" => Cancel::Missing,
+            "terminal" => Cancel::AlreadyTerminal,
+            "canceled" => Cancel::Canceled,
+            _ => Cancel::Requested,
+        })
+    }
+
+    /// Stores the terminal state of a job whatever its lease, unless it is already terminal
+    /// (the dead-letter consumer ending a job that crashed every worker).
+    ///
+    /// # Errors
+    /// As [`Self::finish`].
+    pub async fn finish_unleased(&self, id: &str, outcome: &Outcome) -> StoreResult<Finish> {
+        self.finish(id, "*", outcome).await
     }
 
     /// Stores the terminal state, only if `owner` holds the lease (see `lua/finish.lua`).

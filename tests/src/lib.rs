@@ -22,6 +22,7 @@ use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routi
 use flotilla_producer::Client;
 use flotilla_shared::{
     config::{api_key_hash, FileConfig, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL},
+    job::{JobRequest, WebhookSpec},
     names::Names,
     store::{Store, StoreTtls},
     topology::Topology,
@@ -125,6 +126,20 @@ impl Proc {
             }
             if tokio::time::Instant::now() >= end {
                 return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (polling) up to `timeout` for the process to end in any way (exit or signal).
+    pub async fn ended_within(&mut self, timeout: Duration) -> bool {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            if !self.alive() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= end {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -278,6 +293,62 @@ impl Default for EnvOptions {
     }
 }
 
+/// The test config file: tenants `alpha` (admin, webhook secret) and `beta`, fast backoffs.
+pub fn render_config(opts: &EnvOptions) -> String {
+    format!(
+        r#"
+[jobs]
+{jobs}
+[webhooks]
+allow_private = true
+allow_http = true
+min_backoff_ms = 50
+max_backoff_ms = 400
+max_attempts = 6
+
+[models.sim]
+enabled = true
+{sim}
+
+[[tenants]]
+name = "alpha"
+api_key_sha256 = ["{alpha}"]
+webhook_secret = "{secret}"
+admin = true
+
+[[tenants]]
+name = "beta"
+api_key_sha256 = ["{beta}"]
+"#,
+        jobs = opts.jobs_toml,
+        sim = opts.sim_toml,
+        alpha = api_key_hash(ALPHA_KEY),
+        beta = api_key_hash(BETA_KEY),
+        secret = ALPHA_SECRET,
+    )
+}
+
+/// A job request for `model` with `input`, optionally sending its events to `hook`.
+pub fn job(model: &str, input: Value, hook: Option<String>) -> JobRequest {
+    JobRequest {
+        model: model.into(),
+        input,
+        params: None,
+        webhook: hook.map(|url| WebhookSpec { url, events: None }),
+        metadata: None,
+        timeout_s: None,
+        deadline: None,
+    }
+}
+
+/// A `sim` job taking `latency_ms`.
+pub fn sim_job(latency_ms: u64, hook: Option<String>) -> JobRequest {
+    JobRequest {
+        params: Some(serde_json::json!({"latency_ms": latency_ms})),
+        ..job("sim", serde_json::json!({"n": latency_ms}), hook)
+    }
+}
+
 /// One test's world: namespace, config file, processes, clients.
 pub struct TestEnv {
     /// Namespace of every queue and key.
@@ -313,36 +384,7 @@ impl TestEnv {
         let names = Names::new(&ns).expect("namespace");
         let dir = bin_dir().join("test-envs").join(&ns);
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        let toml = format!(
-            r#"
-[jobs]
-{jobs}
-[webhooks]
-allow_private = true
-allow_http = true
-min_backoff_ms = 50
-max_backoff_ms = 400
-max_attempts = 6
-
-[models.sim]
-enabled = true
-{sim}
-
-[[tenants]]
-name = "alpha"
-api_key_sha256 = ["{alpha}"]
-webhook_secret = "{secret}"
-
-[[tenants]]
-name = "beta"
-api_key_sha256 = ["{beta}"]
-"#,
-            jobs = opts.jobs_toml,
-            sim = opts.sim_toml,
-            alpha = api_key_hash(ALPHA_KEY),
-            beta = api_key_hash(BETA_KEY),
-            secret = ALPHA_SECRET,
-        );
+        let toml = render_config(&opts);
         let config_path = dir.join("flotilla.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let config = FileConfig::load(&config_path).expect("valid test config");
@@ -432,6 +474,14 @@ api_key_sha256 = ["{beta}"]
 
     /// Starts a worker with extra flags and waits until `/readyz` is 200; returns its index.
     pub async fn start_worker(&mut self, extra: &[&str]) -> usize {
+        let idx = self.spawn_worker(extra);
+        let p = &self.workers[idx];
+        wait_ready(&format!("http://{}/readyz", p.addr), p).await;
+        idx
+    }
+
+    /// Starts a worker without waiting for it (it may die at once, as in a crash loop).
+    pub fn spawn_worker(&mut self, extra: &[&str]) -> usize {
         let addr = free_addr();
         let idx = self.workers.len();
         let mut args = vec![
@@ -442,9 +492,7 @@ api_key_sha256 = ["{beta}"]
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let (child, log) = self.spawn("flotilla-worker", &args, &format!("worker-{idx}.log"), &[]);
-        let proc_ = Proc { child, addr, log };
-        wait_ready(&format!("http://{addr}/readyz"), &proc_).await;
-        self.workers.push(proc_);
+        self.workers.push(Proc { child, addr, log });
         idx
     }
 
@@ -462,6 +510,12 @@ api_key_sha256 = ["{beta}"]
             .await
             .expect("queue exists")
             .message_count()
+    }
+
+    /// Rewrites the config file (processes started afterwards read the new one).
+    pub fn rewrite_config(&mut self, opts: &EnvOptions) {
+        std::fs::write(&self.config_path, render_config(opts)).expect("write config");
+        self.config = FileConfig::load(&self.config_path).expect("valid test config");
     }
 
     /// Log texts of every process, for failure messages.

@@ -4,12 +4,10 @@
 use std::{collections::HashSet, time::Duration};
 
 use flotilla_shared::{
-    amqp::{header_str, headers, json_properties, Publisher},
+    amqp::{headers, json_properties, Publisher},
     job::{event_id, EventType, JobRequest, JobStatus, WebhookSpec},
-    names::HEADER_DLQ_REASON,
 };
 use flotilla_tests::{eventually, TestEnv, TestReceiver};
-use lapin::options::BasicGetOptions;
 use serde_json::json;
 
 fn sim(latency_ms: u64, hook: Option<String>) -> JobRequest {
@@ -72,22 +70,44 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
         .expect("valid job ends");
     assert_eq!(job.status, JobStatus::Succeeded, "{}", env.logs());
 
-    let mut reasons = Vec::new();
-    let dlq = env.names.dlq();
-    for _ in 0..4 {
-        let msg = env
-            .channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+    // The worker's dlq role records every dead letter in Redis.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        env.store
+            .dlq_list(&Default::default(), 100)
             .await
-            .expect("basic.get")
-            .expect("a dead letter");
-        reasons.push(header_str(&msg.delivery.properties, HEADER_DLQ_REASON).unwrap_or_default());
-    }
+            .map(|l| l.len() >= 4)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(recorded, "{}", env.logs());
+    let entries = env
+        .store
+        .dlq_list(&Default::default(), 100)
+        .await
+        .expect("dlq");
+    let mut reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
+    reasons.sort_unstable();
     assert_eq!(
         reasons,
         ["invalid_json", "invalid_utf8", "schema_invalid", "too_deep"]
     );
-    assert_eq!(env.queue_len(&dlq).await, 0, "exactly four dead letters");
+    assert!(entries
+        .iter()
+        .all(|e| e.source_queue == env.names.jobs_queue("default")));
+    let cut = entries
+        .iter()
+        .find(|e| e.reason == "invalid_json")
+        .expect("entry");
+    assert_eq!(
+        cut.body(),
+        br#"{"model":"#,
+        "the body is kept for inspection"
+    );
+    assert_eq!(
+        env.queue_len(&env.names.dlq()).await,
+        0,
+        "consumed and recorded"
+    );
     assert!(env.workers[w].alive(), "the worker never restarts");
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -9,10 +9,10 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use flotilla_shared::{
-    amqp::{headers, json_properties, Publisher},
-    job::{event_id, Envelope, ErrorKind, EventPayload, EventType, JobError, JobStatus, Timings},
-    names::{HEADER_EVENT_ID, HEADER_JOB_ID, HEADER_TENANT, HEADER_WEBHOOK_URL},
-    store::{Claim, Finish, Outcome, StoredJob},
+    amqp::Publisher,
+    events::{ensure_terminal_event, publish_event},
+    job::{Envelope, ErrorKind, EventType, JobError, JobStatus, Timings},
+    store::{Claim, Finish, Outcome, Renewal},
 };
 use lapin::message::Delivery;
 use serde_json::json;
@@ -104,13 +104,23 @@ async fn process(
             return;
         }
         Claim::Exhausted { attempts } => {
+            // Every earlier attempt ended without a result (the worker died): poison.
+            let detail = format!("gave up after {attempts} attempts (max_attempts {max_attempts})");
+            tracing::warn!(
+                attempts,
+                "poison job: failing it and dead-lettering the message"
+            );
             let outcome = failed(
                 ErrorKind::Poison,
-                format!("gave up after {attempts} attempts (max_attempts {max_attempts})"),
+                detail.clone(),
                 json!({}),
                 Timings::default(),
             );
-            finish(ctx, publisher, delivery, env, &owner, outcome).await;
+            let end = End::DeadLetter {
+                reason: "poison",
+                detail,
+            };
+            finish(ctx, publisher, delivery, env, &owner, outcome, end).await;
             return;
         }
         Claim::Claimed {
@@ -136,18 +146,20 @@ async fn process(
             usage: json!({}),
             timings: Timings::default(),
         };
-        finish(ctx, publisher, delivery, env, &owner, outcome).await;
+        finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
         return;
     }
 
     // Run under a renewed lease; a lost lease or a drain stops the run.
     let lost = CancellationToken::new();
+    let canceled = CancellationToken::new();
     let renewer = tokio::spawn(renew_lease(
         ctx.store.clone(),
         env.id.clone(),
         owner.clone(),
         lease,
         lost.clone(),
+        canceled.clone(),
     ));
     let timeout_s = env.timeout_s.unwrap_or(ctx.config.jobs.default_timeout_s);
     let run = tokio::time::timeout(
@@ -161,6 +173,22 @@ async fn process(
             renewer.abort();
             tracing::warn!("lease lost to another worker; dropping this attempt");
             ack(delivery).await;
+            return;
+        }
+        () = canceled.cancelled() => {
+            // The model call is dropped here (an HTTP request to a model server is aborted).
+            tracing::info!("cancel requested; stopping the run");
+            let outcome = Outcome {
+                status: JobStatus::Canceled,
+                output: None,
+                error: Some(JobError {
+                    kind: ErrorKind::Canceled,
+                    message: "canceled by the caller while running".into(),
+                }),
+                usage: json!({}),
+                timings: Timings::default(),
+            };
+            finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
             return;
         }
     };
@@ -238,7 +266,7 @@ async fn process(
             return;
         }
     }
-    finish(ctx, publisher, delivery, env, &owner, outcome).await;
+    finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
 }
 
 fn failed(kind: ErrorKind, message: String, usage: serde_json::Value, timings: Timings) -> Outcome {
@@ -251,7 +279,18 @@ fn failed(kind: ErrorKind, message: String, usage: serde_json::Value, timings: T
     }
 }
 
-/// Stores the terminal state, then makes sure the event is durable, then acks.
+/// How a delivery ends once its job is terminal.
+enum End {
+    /// Ack it.
+    Ack,
+    /// Move it to the dead-letter queue with a reason (which acks it).
+    DeadLetter {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// Stores the terminal state, then makes sure the event is durable, then ends the delivery.
 async fn finish(
     ctx: &Ctx,
     publisher: &Publisher,
@@ -259,17 +298,31 @@ async fn finish(
     env: &Envelope,
     owner: &str,
     mut outcome: Outcome,
+    end: End,
 ) {
     outcome.timings.total_ms = Some((Utc::now() - env.created_at).num_milliseconds().max(0) as f64);
     let stored = ctx
         .retry_store(|| ctx.store.finish(&env.id, owner, &outcome))
         .await;
     match stored {
-        Ok(Finish::Done) => {
+        Ok(Finish::Done | Finish::AlreadyTerminal) => {
             tracing::info!(status = outcome.status.as_str(), "job finished");
-            end_after_terminal(ctx, publisher, delivery, &env.id).await;
+            match end {
+                End::Ack => end_after_terminal(ctx, publisher, delivery, &env.id).await,
+                End::DeadLetter { reason, detail } => {
+                    match ensure_terminal_event(&ctx.store, publisher, &env.id).await {
+                        Ok(()) => {
+                            let queue = ctx.names.jobs_queue(&ctx.pool);
+                            dead_letter(ctx, publisher, delivery, &queue, reason, &detail).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "completion event not durable; requeueing");
+                            requeue(delivery).await;
+                        }
+                    }
+                }
+            }
         }
-        Ok(Finish::AlreadyTerminal) => end_after_terminal(ctx, publisher, delivery, &env.id).await,
         Ok(Finish::NotOwner) => {
             tracing::warn!("lease passed to another worker; its result stands");
             ack(delivery).await;
@@ -291,42 +344,13 @@ async fn finish(
 /// For a terminal job: publish its event if it is wanted and not yet durable, then ack; if
 /// the event cannot be made durable, requeue so a later delivery tries again.
 async fn end_after_terminal(ctx: &Ctx, publisher: &Publisher, delivery: &Delivery, id: &str) {
-    match ensure_event(ctx, publisher, id).await {
+    match ensure_terminal_event(&ctx.store, publisher, id).await {
         Ok(()) => ack(delivery).await,
         Err(err) => {
             tracing::warn!(%err, "completion event not durable; requeueing");
             requeue(delivery).await;
         }
     }
-}
-
-/// Publishes the terminal event of job `id` unless it is not wanted or already published.
-///
-/// # Errors
-/// A message when Redis or the broker failed.
-pub async fn ensure_event(ctx: &Ctx, publisher: &Publisher, id: &str) -> Result<(), String> {
-    let stored = ctx
-        .retry_store(|| ctx.store.get(id))
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some(stored) = stored else {
-        return Ok(());
-    };
-    let Some(event) = EventType::for_status(stored.job.status) else {
-        return Ok(());
-    };
-    let wanted = stored.webhook.as_ref().is_some_and(|w| w.wants(event));
-    if !wanted || stored.event_published {
-        return Ok(());
-    }
-    publish_event(ctx, publisher, &stored, event)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Err(err) = ctx.retry_store(|| ctx.store.mark_event_published(id)).await {
-        // The event is durable; a redelivery would publish it again with the same webhook-id.
-        tracing::warn!(%err, "could not record the event as published");
-    }
-    Ok(())
 }
 
 async fn send_started(ctx: &Ctx, publisher: &Publisher, env: &Envelope) {
@@ -339,7 +363,9 @@ async fn send_started(ctx: &Ctx, publisher: &Publisher, env: &Envelope) {
     }
     match ctx.store.get(&env.id).await {
         Ok(Some(stored)) => {
-            if let Err(err) = publish_event(ctx, publisher, &stored, EventType::Started).await {
+            if let Err(err) =
+                publish_event(&ctx.names, publisher, &stored, EventType::Started).await
+            {
                 tracing::warn!(%err, "job.started event not published");
             }
         }
@@ -348,60 +374,27 @@ async fn send_started(ctx: &Ctx, publisher: &Publisher, env: &Envelope) {
     }
 }
 
-/// Publishes one event (confirmed) to the events queue; the body is the exact webhook payload.
-///
-/// # Errors
-/// The publish error.
-pub async fn publish_event(
-    ctx: &Ctx,
-    publisher: &Publisher,
-    stored: &StoredJob,
-    event: EventType,
-) -> Result<(), flotilla_shared::amqp::PublishError> {
-    let Some(hook) = &stored.webhook else {
-        return Ok(());
-    };
-    let payload = EventPayload {
-        event_type: event,
-        timestamp: stored.job.completed_at.unwrap_or_else(Utc::now),
-        data: stored.job.clone(),
-    };
-    let body = serde_json::to_vec(&payload).map_err(|e| {
-        flotilla_shared::amqp::PublishError::Returned(format!("unserialisable event: {e}"))
-    })?;
-    let id = event_id(&stored.job.id, event);
-    let props = json_properties(
-        &id,
-        headers(
-            [
-                (HEADER_EVENT_ID, id.as_str()),
-                (HEADER_TENANT, stored.tenant.as_str()),
-                (HEADER_WEBHOOK_URL, hook.url.as_str()),
-                (HEADER_JOB_ID, stored.job.id.as_str()),
-            ],
-            [],
-        ),
-    );
-    publisher
-        .publish("", &ctx.names.events_queue(), &body, props)
-        .await
-}
-
-/// Renews the lease every third of its length until aborted; cancels `lost` when the lease
-/// is no longer ours. Redis errors are logged and retried on the next tick.
+/// Renews the lease every third of its length (at most every 2 s, which is also how fast a
+/// cancel request is noticed) until aborted; cancels `lost` when the lease is no longer ours and
+/// `canceled` when the caller asked to cancel. Redis errors are logged and retried next tick.
 async fn renew_lease(
     store: flotilla_shared::store::Store,
     id: String,
     owner: String,
     lease: Duration,
     lost: CancellationToken,
+    canceled: CancellationToken,
 ) {
-    let every = lease / 3;
+    let every = (lease / 3).min(Duration::from_secs(2));
     loop {
         tokio::time::sleep(every).await;
         match store.renew(&id, &owner, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Renewal::Renewed) => {}
+            Ok(Renewal::CancelRequested) => {
+                canceled.cancel();
+                return;
+            }
+            Ok(Renewal::Lost) => {
                 lost.cancel();
                 return;
             }

@@ -4,6 +4,7 @@
 //!   capped jittered backoff, drain on shutdown.
 //! - [`jobs`]: one job delivery from decode to ack (claim, run, finish, event, ack).
 //! - [`actions`]: the ways a delivery ends — ack, defer to a delay tier, dead-letter, requeue.
+//! - [`dlq`]: the dead-letter consumer (records entries, fails poison jobs).
 //! - [`decode`]: envelope decoding with dead-letter reasons.
 //! - [`pipeline`]: validate → preprocess → infer → postprocess.
 //! - [`models`]: built-in models (sentiment, langid, tokens, sim).
@@ -14,6 +15,7 @@
 pub mod actions;
 pub mod admin;
 pub mod decode;
+pub mod dlq;
 pub mod jobs;
 pub mod models;
 pub mod pipeline;
@@ -23,10 +25,8 @@ pub mod webhook;
 use std::{
     future::Future,
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
 };
 
-use backon::{ExponentialBuilder, Retryable};
 use flotilla_shared::{
     config::{FileConfig, TenantIndex},
     names::Names,
@@ -42,6 +42,8 @@ pub struct Roles {
     pub jobs: bool,
     /// Dispatch webhook events.
     pub events: bool,
+    /// Consume the dead-letter queue.
+    pub dlq: bool,
 }
 
 /// Readiness as `/readyz` reports it.
@@ -87,8 +89,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Runs a store operation with bounded retries of transient errors (about 3 s in all:
-    /// 100 ms doubling, 4 retries, jitter), as `SCENARIOS.md` S4 asks.
+    /// Runs a store operation with bounded retries (see [`flotilla_shared::store::with_retries`]).
     ///
     /// # Errors
     /// The last error when retries run out, or a permanent error at once.
@@ -97,17 +98,6 @@ impl Ctx {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        op.retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .with_max_times(4)
-                .with_jitter(),
-        )
-        .when(StoreError::is_transient)
-        .notify(
-            |err, dur| tracing::warn!(%err, retry_in = ?dur, "redis operation failed; retrying"),
-        )
-        .await
+        flotilla_shared::store::with_retries(op).await
     }
 }

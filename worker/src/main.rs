@@ -32,11 +32,11 @@ struct Args {
     /// Concurrent jobs, which is also the consumer prefetch.
     #[arg(long, env = "FLOTILLA_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
-    /// Roles to run: `jobs`, `events` (webhooks), comma-separated.
+    /// Roles to run: `jobs`, `events` (webhooks), `dlq` (dead letters), comma-separated.
     #[arg(
         long,
         env = "FLOTILLA_ROLES",
-        default_value = "jobs,events",
+        default_value = "jobs,events,dlq",
         value_delimiter = ','
     )]
     roles: Vec<String>,
@@ -74,18 +74,20 @@ async fn main() -> anyhow::Result<()> {
     let mut roles = Roles {
         jobs: false,
         events: false,
+        dlq: false,
     };
     for r in &args.roles {
         match r.trim() {
             "jobs" => roles.jobs = true,
             "events" | "webhooks" => roles.events = true,
+            "dlq" => roles.dlq = true,
             "" => {}
             other => fail(format!(
-                "configuration error: unknown role {other:?} (jobs, events)"
+                "configuration error: unknown role {other:?} (jobs, events, dlq)"
             )),
         }
     }
-    if !roles.jobs && !roles.events {
+    if !roles.jobs && !roles.events && !roles.dlq {
         fail("configuration error: --roles names no role");
     }
     if config.jobs.default_timeout_s > 1800 {

@@ -20,7 +20,7 @@ use lapin::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{jobs, webhook::dispatch, Ctx, Roles};
+use crate::{dlq, jobs, webhook::dispatch, Ctx, Roles};
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -45,6 +45,7 @@ struct Session {
 enum Kind {
     Jobs,
     Events,
+    Dlq,
 }
 
 enum Ended {
@@ -164,6 +165,9 @@ async fn open(ctx: &Ctx, s: &SessionSettings) -> Result<Session, lapin::Error> {
         )
         .await?;
     }
+    if s.roles.dlq {
+        add(ctx.names.dlq(), 8, Kind::Dlq).await?;
+    }
     tracing::info!(pool = %ctx.pool, prefetch = s.concurrency, "consuming");
     Ok(Session {
         conn,
@@ -197,6 +201,7 @@ async fn serve(
                     match kind {
                         Kind::Jobs => tracker.spawn(jobs::handle(ctx, publisher, delivery, token)),
                         Kind::Events => tracker.spawn(dispatch::handle(ctx, publisher, delivery, token)),
+                        Kind::Dlq => tracker.spawn(dlq::handle(ctx, publisher, delivery, token)),
                     };
                 }
                 Some((_, Err(err))) => break Ended::Lost(err.to_string()),

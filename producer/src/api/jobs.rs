@@ -11,12 +11,13 @@ use axum::{
 use chrono::Utc;
 use flotilla_shared::{
     amqp::{headers, json_properties},
+    events::ensure_terminal_event,
     job::{
         canonical_json, Envelope, Job, JobRequest, JobStatus, JobUrls, SubmitResponse,
         ENVELOPE_VERSION,
     },
     names::HEADER_ATTEMPT,
-    store::{IdempotencyClaim, StoredJob},
+    store::{Cancel, IdempotencyClaim, StoredJob},
 };
 use serde_json::Value;
 
@@ -233,6 +234,48 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     Ok(Json(load_own(&st, &tenant, &id).await?.job))
+}
+
+/// `POST /v1/jobs/{id}/cancel`: `200` with the job when it was waiting (now `canceled`),
+/// `202` when a worker runs it (the worker stops the run and records `canceled`), `409` when
+/// it already ended.
+pub async fn cancel(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let before = load_own(&st, &tenant, &id).await?;
+    match st.store.cancel(&id).await? {
+        Cancel::Missing => Err(ApiError::not_found(format!("no job {id:?}"))),
+        Cancel::AlreadyTerminal => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!("job already ended ({})", before.job.status.as_str()),
+        )),
+        Cancel::Canceled => {
+            // Best effort: if the event cannot be published now, the job's message publishes
+            // it when a worker takes it (the claim finds the job terminal).
+            match st.broker.publisher().await {
+                Ok(p) => {
+                    if let Err(err) = ensure_terminal_event(&st.store, &p, &id).await {
+                        tracing::warn!(job_id = %id, %err, "job.canceled event deferred to the worker");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(job_id = %id, %err, "job.canceled event deferred to the worker")
+                }
+            }
+            tracing::info!(job_id = %id, "job canceled");
+            Ok((StatusCode::OK, Json(load_own(&st, &tenant, &id).await?.job)))
+        }
+        Cancel::Requested => {
+            tracing::info!(job_id = %id, "cancel requested; the worker stops the run");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(load_own(&st, &tenant, &id).await?.job),
+            ))
+        }
+    }
 }
 
 /// `GET /v1/jobs/{id}/deliveries`.

@@ -4,11 +4,14 @@
 //! |---|---|
 //! | `POST /v1/jobs` | `202 {id, status, created_at, urls}`; `200` for a repeated `Idempotency-Key` |
 //! | `GET /v1/jobs/{id}` | the job resource |
+//! | `POST /v1/jobs/{id}/cancel` | `200` canceled, `202` cancel requested of a running job, `409` already ended |
 //! | `GET /v1/jobs/{id}/deliveries` | the job's webhook delivery log |
 //! | `GET /v1/models` | the model catalogue |
+//! | `/v1/admin/dlq...` | dead letters: list, show, replay, purge (admin tenants; see [`admin`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /readyz` | `200` when the broker and Redis answer, else `503` |
 
+pub mod admin;
 mod auth;
 pub mod error;
 mod jobs;
@@ -48,8 +51,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::create))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/deliveries", get(jobs::deliveries))
         .route("/v1/models", get(models))
+        .route("/v1/admin/dlq", get(admin::list))
+        .route("/v1/admin/dlq/purge", post(admin::purge))
+        .route(
+            "/v1/admin/dlq/{entry_id}",
+            get(admin::show).delete(admin::purge_one),
+        )
+        .route("/v1/admin/dlq/{entry_id}/replay", post(admin::replay))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(limit))

@@ -124,6 +124,16 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Cancel a job: waiting jobs end `canceled` at once, running ones are stopped.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+    /// Inspect, replay and purge the dead-letter queue (admin API key).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Run a webhook receiver that verifies signatures and counts deliveries.
     Receiver {
         /// Address to listen on.
@@ -132,6 +142,65 @@ enum Command {
         /// Signing secret `whsec_...`.
         #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
         secret: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqFilterArgs {
+    /// Only this reason (`poison`, `invalid_json`, `delivery_limit`...).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only entries at or after this RFC 3339 instant.
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DlqFilterArgs {
+    fn filter(&self) -> flotilla_shared::dlq::DlqFilter {
+        flotilla_shared::dlq::DlqFilter {
+            reason: self.reason.clone(),
+            model: self.model.clone(),
+            tenant: self.tenant.clone(),
+            since: self.since,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead letters.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter with its body.
+    Show {
+        /// Entry id.
+        entry_id: String,
+    },
+    /// Republish a dead-lettered job (same id, same idempotency key).
+    Replay {
+        /// Entry id.
+        entry_id: String,
+    },
+    /// Purge one entry, or every entry matching the filters with --all.
+    Purge {
+        /// Entry id.
+        entry_id: Option<String>,
+        /// Purge every entry matching the filters.
+        #[arg(long, conflicts_with = "entry_id")]
+        all: bool,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
     },
 }
 
@@ -232,6 +301,35 @@ async fn main() -> ExitCode {
             }
             wait_and_print(&client, &submitted.response.id, *wait_timeout).await
         }
+        Command::Cancel { id } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            print_result(client.cancel(id).await)
+        }
+        Command::Dlq { action } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            match action {
+                DlqAction::List { filter, limit } => {
+                    print_result(client.dlq_list(&filter.filter(), *limit).await)
+                }
+                DlqAction::Show { entry_id } => print_result(client.dlq_show(entry_id).await),
+                DlqAction::Replay { entry_id } => print_result(client.dlq_replay(entry_id).await),
+                DlqAction::Purge {
+                    entry_id,
+                    all,
+                    filter,
+                } => match (entry_id, all) {
+                    (Some(id), false) => print_result(client.dlq_purge(id).await),
+                    (None, true) => print_result(client.dlq_purge_matching(&filter.filter()).await),
+                    _ => usage("dlq purge: give an entry id, or --all (with optional filters)"),
+                },
+            }
+        }
         Command::Get { id } => {
             let client = match client(&cli) {
                 Ok(c) => c,
@@ -317,6 +415,19 @@ async fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+fn print_result<T: serde::Serialize>(r: Result<T, flotilla_producer::ClientError>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            print_json(&v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,9 +3,11 @@
 -- ARGV[1] lease owner (unique per delivery)   ARGV[2] now, ms since epoch
 -- ARGV[3] lease length, ms                    ARGV[4] max attempts
 -- ARGV[5] record TTL, ms                      ARGV[6] now, RFC 3339
+-- ARGV[7] error JSON stored when a cancel tombstone is found
 -- Returns {'missing'} | {'terminal', status, event_published}
 --       | {'leased', owner, remaining_ms} | {'exhausted', attempts}
 --       | {'claimed', attempts, first_start(0|1)}
+-- 'exhausted' also hands the caller the lease, so that it alone ends the job as poison.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if status == 'succeeded' or status == 'failed' or status == 'canceled' or status == 'expired' then
@@ -21,9 +23,21 @@ local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until_ms') or '0
 if owner and lease_until > now then
   return {'leased', owner, tostring(lease_until - now)}
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'lease_owner', ARGV[1],
-  'lease_until_ms', tostring(now + tonumber(ARGV[3])))
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'error', ARGV[7], 'completed_at', ARGV[6])
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms', 'submitting')
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {'terminal', 'canceled', redis.call('HGET', KEYS[1], 'event_published') or '0'}
+end
+local lease = {'status', 'running', 'lease_owner', ARGV[1],
+  'lease_until_ms', tostring(now + tonumber(ARGV[3]))}
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if attempts >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], unpack(lease))
+  return {'exhausted', tostring(attempts)}
+end
+attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], unpack(lease))
 local first = '0'
 if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[6])
@@ -31,5 +45,4 @@ if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
 end
 redis.call('HDEL', KEYS[1], 'submitting')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if attempts > tonumber(ARGV[4]) then return {'exhausted', tostring(attempts)} end
 return {'claimed', tostring(attempts), first}

@@ -1,6 +1,7 @@
--- Move a running job to a terminal status; only the lease owner may.
+-- Move a job to a terminal status; only the lease owner may, or anyone with owner '*'
+-- (the dead-letter consumer ending a job that crashed every worker).
 -- KEYS[1] job hash
--- ARGV[1] lease owner   ARGV[2] terminal status   ARGV[3] output JSON or ''
+-- ARGV[1] lease owner or '*'   ARGV[2] terminal status   ARGV[3] output JSON or ''
 -- ARGV[4] error JSON or ''   ARGV[5] usage JSON   ARGV[6] timings JSON
 -- ARGV[7] completed_at, RFC 3339   ARGV[8] record TTL, ms
 -- Returns 'ok' | 'missing' | 'terminal' | 'not_owner' | 'no_output'
@@ -9,12 +10,14 @@ if not status then return 'missing' end
 if status == 'succeeded' or status == 'failed' or status == 'canceled' or status == 'expired' then
   return 'terminal'
 end
-if redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then return 'not_owner' end
+if ARGV[1] ~= '*' and redis.call('HGET', KEYS[1], 'lease_owner') ~= ARGV[1] then
+  return 'not_owner'
+end
 if ARGV[2] == 'succeeded' and ARGV[3] == '' then return 'no_output' end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'usage', ARGV[5], 'timings', ARGV[6],
   'completed_at', ARGV[7])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
-redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms')
+redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms', 'submitting')
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return 'ok'

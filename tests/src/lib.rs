@@ -6,6 +6,8 @@
 //! The binaries come from the same `target/` directory as the test executable (`make test`
 //! builds them first).
 
+pub mod services;
+
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener},
@@ -278,6 +280,10 @@ fn chrono_now() -> i64 {
 /// Settings a test may change from the defaults.
 #[derive(Debug, Clone)]
 pub struct EnvOptions {
+    /// Broker URL for the processes (default [`amqp_url`]).
+    pub amqp_url: Option<String>,
+    /// Redis URL for the processes and the harness (default [`redis_url`]).
+    pub redis_url: Option<String>,
     /// Extra TOML appended to the generated config (e.g. `[jobs]` overrides).
     pub jobs_toml: String,
     /// Extra `[models.sim]` lines.
@@ -287,6 +293,8 @@ pub struct EnvOptions {
 impl Default for EnvOptions {
     fn default() -> Self {
         Self {
+            amqp_url: None,
+            redis_url: None,
             jobs_toml: "lease_s = 3\nretry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n".into(),
             sim_toml: String::new(),
         }
@@ -369,6 +377,10 @@ pub struct TestEnv {
     pub amqp: Connection,
     /// Channel on it.
     pub channel: Channel,
+    /// Broker URL the processes use.
+    pub amqp_url: String,
+    /// Redis URL the processes use.
+    pub redis_url: String,
 }
 
 impl TestEnv {
@@ -385,11 +397,13 @@ impl TestEnv {
         let dir = bin_dir().join("test-envs").join(&ns);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let toml = render_config(&opts);
+        let amqp_url_ = opts.amqp_url.clone().unwrap_or_else(amqp_url);
+        let redis_url_ = opts.redis_url.clone().unwrap_or_else(redis_url);
         let config_path = dir.join("flotilla.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let config = FileConfig::load(&config_path).expect("valid test config");
         let store = Store::connect(
-            &redis_url(),
+            &redis_url_,
             names.clone(),
             StoreTtls {
                 result: Duration::from_secs(3600),
@@ -398,7 +412,7 @@ impl TestEnv {
         )
         .await
         .expect("redis at FLOTILLA_REDIS_URL (make test starts it)");
-        let amqp = flotilla_shared::amqp::connect(&amqp_url(), "flotilla-tests")
+        let amqp = flotilla_shared::amqp::connect(&amqp_url_, "flotilla-tests")
             .await
             .expect("rabbitmq at FLOTILLA_AMQP_URL (make test starts it)");
         let channel = amqp.create_channel().await.expect("channel");
@@ -421,6 +435,8 @@ impl TestEnv {
             store,
             amqp,
             channel,
+            amqp_url: amqp_url_,
+            redis_url: redis_url_,
         }
     }
 
@@ -438,8 +454,8 @@ impl TestEnv {
         cmd.args(args)
             .env("FLOTILLA_CONFIG", &self.config_path)
             .env("FLOTILLA_NAMESPACE", self.names.namespace())
-            .env("FLOTILLA_AMQP_URL", amqp_url())
-            .env("FLOTILLA_REDIS_URL", redis_url())
+            .env("FLOTILLA_AMQP_URL", &self.amqp_url)
+            .env("FLOTILLA_REDIS_URL", &self.redis_url)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -482,6 +498,11 @@ impl TestEnv {
 
     /// Starts a worker without waiting for it (it may die at once, as in a crash loop).
     pub fn spawn_worker(&mut self, extra: &[&str]) -> usize {
+        self.spawn_worker_with_env(extra, &[])
+    }
+
+    /// Starts a worker with extra environment (e.g. its own `FLOTILLA_AMQP_URL`), not waiting.
+    pub fn spawn_worker_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> usize {
         let addr = free_addr();
         let idx = self.workers.len();
         let mut args = vec![
@@ -491,7 +512,7 @@ impl TestEnv {
             format!("w{idx}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, log) = self.spawn("flotilla-worker", &args, &format!("worker-{idx}.log"), &[]);
+        let (child, log) = self.spawn("flotilla-worker", &args, &format!("worker-{idx}.log"), env);
         self.workers.push(Proc { child, addr, log });
         idx
     }
@@ -544,6 +565,7 @@ impl Drop for TestEnv {
         }
         let names = self.names.clone();
         let config = self.config.clone();
+        let (amqp, redis) = (self.amqp_url.clone(), self.redis_url.clone());
         // Cleanup runs on its own runtime with its own connections: Drop may run inside the
         // test's runtime, whose connection tasks cannot make progress while it waits here.
         let cleanup = std::thread::spawn(move || {
@@ -556,11 +578,11 @@ impl Drop for TestEnv {
                     result: Duration::from_secs(1),
                     idempotency: Duration::from_secs(1),
                 };
-                if let Ok(store) = Store::connect(&redis_url(), names.clone(), ttls).await {
+                if let Ok(store) = Store::connect(&redis, names.clone(), ttls).await {
                     let _ = store.delete_namespace().await;
                 }
                 if let Ok(conn) =
-                    flotilla_shared::amqp::connect(&amqp_url(), "flotilla-tests-cleanup").await
+                    flotilla_shared::amqp::connect(&amqp, "flotilla-tests-cleanup").await
                 {
                     if let Ok(ch) = conn.create_channel().await {
                         let topo = Topology::new(

@@ -15,6 +15,7 @@ fn opts(jobs: &str, sim: &str) -> EnvOptions {
             "lease_s = 3\nretry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n{jobs}"
         ),
         sim_toml: sim.into(),
+        ..EnvOptions::default()
     }
 }
 

@@ -73,18 +73,18 @@ pub async fn list(
         tenant: q.tenant,
         since: q.since,
     };
-    let entries = st
-        .store
-        .dlq_list(&filter, q.limit.unwrap_or(100).min(10_000))
-        .await?;
+    let entries = with_retries(|| {
+        st.store
+            .dlq_list(&filter, q.limit.unwrap_or(100).min(10_000))
+    })
+    .await?;
     Ok(Json(
         json!({"entries": entries.iter().map(summary).collect::<Vec<_>>()}),
     ))
 }
 
 async fn entry(st: &AppState, entry_id: &str) -> Result<DlqEntry, ApiError> {
-    st.store
-        .dlq_get(entry_id)
+    with_retries(|| st.store.dlq_get(entry_id))
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found(format!("no dead letter {entry_id:?}")))
@@ -134,7 +134,7 @@ pub async fn replay(
             e.reason
         ))
     })?;
-    match st.store.reopen(&env.id).await?.as_str() {
+    match with_retries(|| st.store.reopen(&env.id)).await?.as_str() {
         "ok" => {}
         "missing" => {
             return Err(ApiError::new(
@@ -183,7 +183,7 @@ pub async fn replay(
         )
         .await
         .map_err(|_| ApiError::unavailable("broker did not confirm the replay; try again"))?;
-    with_retries(|| st.store.dlq_delete(&entry_id)).await?;
+    with_retries(|| with_retries(|| st.store.dlq_delete(&entry_id))).await?;
     tracing::info!(%entry_id, job_id = %env.id, "dead letter replayed");
     Ok((
         StatusCode::ACCEPTED,
@@ -193,11 +193,11 @@ pub async fn replay(
 
 async fn purge_entry(st: &AppState, e: &DlqEntry) -> Result<(), ApiError> {
     if let Some(job_id) = &e.job_id {
-        if let Some((tenant, key)) = st.store.idempotency_of(job_id).await? {
-            st.store.release_idempotency(&tenant, &key, job_id).await?;
+        if let Some((tenant, key)) = with_retries(|| st.store.idempotency_of(job_id)).await? {
+            with_retries(|| st.store.release_idempotency(&tenant, &key, job_id)).await?;
         }
     }
-    st.store.dlq_delete(&e.entry_id).await?;
+    with_retries(|| st.store.dlq_delete(&e.entry_id)).await?;
     Ok(())
 }
 
@@ -221,7 +221,7 @@ pub async fn purge(
     Json(filter): Json<DlqFilter>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&st, &tenant)?;
-    let entries = st.store.dlq_list(&filter, usize::MAX).await?;
+    let entries = with_retries(|| st.store.dlq_list(&filter, usize::MAX)).await?;
     for e in &entries {
         purge_entry(&st, e).await?;
     }

@@ -17,7 +17,7 @@ use flotilla_shared::{
         ENVELOPE_VERSION,
     },
     names::HEADER_ATTEMPT,
-    store::{Cancel, IdempotencyClaim, StoredJob},
+    store::{with_retries, Cancel, IdempotencyClaim, StoredJob},
 };
 use serde_json::Value;
 
@@ -123,25 +123,26 @@ pub async fn create(
 
     // The record exists before the idempotency key points at it, so a concurrent duplicate
     // that reads the key always finds the record.
-    st.store
-        .create(&env, &body_hash, idem_key.as_deref())
-        .await?;
+    with_retries(|| st.store.create(&env, &body_hash, idem_key.as_deref())).await?;
 
     if let Some(key) = &idem_key {
         // Loops only when the key vanished between SET NX and GET (expiry, a failed winner).
         for _ in 0..5 {
-            match st
-                .store
-                .reserve_idempotency(&tenant, key, &env.id, &body_hash)
-                .await
+            match with_retries(|| {
+                st.store
+                    .reserve_idempotency(&tenant, key, &env.id, &body_hash)
+            })
+            .await
             {
                 Ok(IdempotencyClaim::Reserved) => break,
                 Ok(IdempotencyClaim::Vanished) => continue,
+                // Our own reservation, its reply lost and the SET retried.
+                Ok(IdempotencyClaim::Existing { job_id, .. }) if job_id == env.id => break,
                 Ok(IdempotencyClaim::Existing {
                     job_id,
                     body_hash: existing_hash,
                 }) => {
-                    st.store.discard_submission(&env.id).await?;
+                    with_retries(|| st.store.discard_submission(&env.id)).await?;
                     if existing_hash != body_hash {
                         return Err(ApiError::new(
                             StatusCode::CONFLICT,
@@ -149,13 +150,16 @@ pub async fn create(
                             "Idempotency-Key was already used with a different request body",
                         ));
                     }
-                    let existing = st.store.get(&job_id).await?.ok_or_else(|| {
-                        ApiError::new(
+                    let existing =
+                        with_retries(|| st.store.get(&job_id))
+                            .await?
+                            .ok_or_else(|| {
+                                ApiError::new(
                             StatusCode::CONFLICT,
                             "idempotency_conflict",
                             "the job of this Idempotency-Key failed to enqueue; retry shortly",
                         )
-                    })?;
+                            })?;
                     return Ok((
                         StatusCode::OK,
                         Json(submit_response(
@@ -166,7 +170,7 @@ pub async fn create(
                     ));
                 }
                 Err(e) => {
-                    let _ = st.store.discard_submission(&env.id).await;
+                    let _ = with_retries(|| st.store.discard_submission(&env.id)).await;
                     return Err(e.into());
                 }
             }
@@ -176,17 +180,17 @@ pub async fn create(
     if let Err(err) = publish(&st, &env).await {
         tracing::warn!(job_id = %env.id, %err, "publish failed; job not accepted");
         // Leave no `queued` orphan and free the idempotency key for a retry.
-        if let Err(e) = st.store.discard_submission(&env.id).await {
+        if let Err(e) = with_retries(|| st.store.discard_submission(&env.id)).await {
             tracing::error!(job_id = %env.id, err = %e, "could not discard the unpublished record; it expires by itself");
         }
         if let Some(key) = &idem_key {
-            let _ = st.store.release_idempotency(&tenant, key, &env.id).await;
+            let _ = with_retries(|| st.store.release_idempotency(&tenant, key, &env.id)).await;
         }
         return Err(ApiError::unavailable(
             "the job could not be queued (broker unavailable); nothing was accepted, try again",
         ));
     }
-    if let Err(err) = st.store.commit_submission(&env.id).await {
+    if let Err(err) = with_retries(|| st.store.commit_submission(&env.id)).await {
         // The message is durable; a worker's claim makes the record permanent too.
         tracing::warn!(job_id = %env.id, %err, "could not commit the record after publish");
     }
@@ -221,7 +225,7 @@ async fn load_own(st: &AppState, tenant: &str, id: &str) -> Result<StoredJob, Ap
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(not_found());
     }
-    match st.store.get(id).await? {
+    match with_retries(|| st.store.get(id)).await? {
         Some(job) if job.tenant == tenant => Ok(job),
         _ => Err(not_found()),
     }
@@ -245,7 +249,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let before = load_own(&st, &tenant, &id).await?;
-    match st.store.cancel(&id).await? {
+    match with_retries(|| st.store.cancel(&id)).await? {
         Cancel::Missing => Err(ApiError::not_found(format!("no job {id:?}"))),
         Cancel::AlreadyTerminal => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -285,6 +289,6 @@ pub async fn deliveries(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     load_own(&st, &tenant, &id).await?;
-    let log = st.store.deliveries(&id).await?;
+    let log = with_retries(|| st.store.deliveries(&id)).await?;
     Ok(Json(serde_json::json!({"deliveries": log})))
 }

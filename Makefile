@@ -1,5 +1,5 @@
 # Flotilla — the two commands of the README, and a few helpers.
-.PHONY: demo test services lint fmt
+.PHONY: demo test chaos services lint fmt
 
 ## Run the main job on the bundled real data with the built-in models.
 demo:
@@ -8,6 +8,12 @@ demo:
 ## Start (or install) RabbitMQ and Redis if needed, then run the whole test suite.
 test:
 	scripts/test.sh
+
+## Fault injection: 2000 jobs while workers, the broker and Redis are killed and restarted.
+chaos:
+	scripts/services.sh
+	cargo build --workspace --locked
+	target/debug/chaos
 
 ## Only make sure RabbitMQ and Redis answer.
 services:

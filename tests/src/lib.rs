@@ -11,7 +11,7 @@ pub mod services;
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -53,11 +53,13 @@ pub fn redis_url() -> String {
 /// The directory holding the workspace binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
+    // target/<profile>/deps/<test> → target/<profile>; target/<profile>/chaos → itself
+    let dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target directory").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary; panics with a hint when it was not built.
@@ -180,16 +182,33 @@ pub struct TestReceiver {
     fail_first: Arc<AtomicUsize>,
 }
 
+/// How a [`TestReceiver`] fails.
+#[derive(Debug, Clone, Copy)]
+struct FailPolicy {
+    /// Fail this share of all deliveries at random (0..=1), as permille.
+    random_permille: u32,
+}
+
 impl TestReceiver {
     /// Starts a receiver answering 503 to the first `fail_first` deliveries.
     pub async fn start(fail_first: usize) -> Self {
+        Self::start_with(fail_first, 0.0).await
+    }
+
+    /// Starts a receiver answering 503 to the first `fail_first` deliveries and then to a
+    /// random `fail_rate` share of them.
+    pub async fn start_with(fail_first: usize, fail_rate: f64) -> Self {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(AtomicUsize::new(fail_first));
         let secret = WebhookSecret::parse(ALPHA_SECRET).expect("secret");
+        let policy = FailPolicy {
+            random_permille: (fail_rate.clamp(0.0, 1.0) * 1000.0) as u32,
+        };
         let app = Router::new().route("/webhooks", post(receive)).with_state((
             secret,
             hits.clone(),
             fail.clone(),
+            policy,
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -229,10 +248,15 @@ impl TestReceiver {
     }
 }
 
-type RecvState = (WebhookSecret, Arc<Mutex<Vec<Hit>>>, Arc<AtomicUsize>);
+type RecvState = (
+    WebhookSecret,
+    Arc<Mutex<Vec<Hit>>>,
+    Arc<AtomicUsize>,
+    FailPolicy,
+);
 
 async fn receive(
-    State((secret, hits, fail)): State<RecvState>,
+    State((secret, hits, fail, policy)): State<RecvState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
@@ -255,7 +279,8 @@ async fn receive(
         .is_ok();
     let failing = fail
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+        .is_ok()
+        || (policy.random_permille > 0 && random_below(1000) < policy.random_permille);
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -268,6 +293,12 @@ async fn receive(
         answered: status.as_u16(),
     });
     status
+}
+
+/// A random number below `n`, for fault injection.
+pub fn random_below(n: u32) -> u32 {
+    // Good enough for fault injection: the low bits of a fresh v4 UUID.
+    (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u32
 }
 
 fn chrono_now() -> i64 {
@@ -288,6 +319,8 @@ pub struct EnvOptions {
     pub jobs_toml: String,
     /// Extra `[models.sim]` lines.
     pub sim_toml: String,
+    /// `[webhooks]` lines besides the loopback allowances.
+    pub webhooks_toml: String,
 }
 
 impl Default for EnvOptions {
@@ -297,6 +330,7 @@ impl Default for EnvOptions {
             redis_url: None,
             jobs_toml: "lease_s = 3\nretry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n".into(),
             sim_toml: String::new(),
+            webhooks_toml: "min_backoff_ms = 50\nmax_backoff_ms = 400\nmax_attempts = 6\n".into(),
         }
     }
 }
@@ -310,10 +344,7 @@ pub fn render_config(opts: &EnvOptions) -> String {
 [webhooks]
 allow_private = true
 allow_http = true
-min_backoff_ms = 50
-max_backoff_ms = 400
-max_attempts = 6
-
+{webhooks}
 [models.sim]
 enabled = true
 {sim}
@@ -330,6 +361,7 @@ api_key_sha256 = ["{beta}"]
 "#,
         jobs = opts.jobs_toml,
         sim = opts.sim_toml,
+        webhooks = opts.webhooks_toml,
         alpha = api_key_hash(ALPHA_KEY),
         beta = api_key_hash(BETA_KEY),
         secret = ALPHA_SECRET,
@@ -517,9 +549,14 @@ impl TestEnv {
         idx
     }
 
-    /// Messages ready in a queue (passive declare).
+    /// Messages ready in a queue (passive declare, on a fresh connection so that it works
+    /// after a broker restart too).
     pub async fn queue_len(&self, queue: &str) -> u32 {
-        self.channel
+        let conn = flotilla_shared::amqp::connect(&self.amqp_url, "flotilla-tests-inspect")
+            .await
+            .expect("broker");
+        let channel = conn.create_channel().await.expect("channel");
+        let n = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -530,7 +567,9 @@ impl TestEnv {
             )
             .await
             .expect("queue exists")
-            .message_count()
+            .message_count();
+        let _ = conn.close(200, "inspected".into()).await;
+        n
     }
 
     /// Rewrites the config file (processes started afterwards read the new one).

@@ -29,8 +29,11 @@ pub enum ClientError {
     #[error("invalid base URL {0:?}")]
     InvalidUrl(String),
     /// Transport failure (connect, TLS, timeout, body).
-    #[error("HTTP request failed: {0}")]
+    #[error("HTTP request failed: {}", error_chain(.0))]
     Http(#[from] reqwest::Error),
+    /// Not a job id (ids are UUIDs).
+    #[error("{0:?} is not a job id (a UUID)")]
+    InvalidId(String),
     /// The API answered an error.
     #[error("API error {status} {kind}: {message}")]
     Api {
@@ -66,6 +69,23 @@ impl ClientError {
             _ => false,
         }
     }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(next) = cur {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        cur = next.source();
+    }
+    out
+}
+
+fn job_id(id: &str) -> Result<String, ClientError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ClientError::InvalidId(id.to_owned()))
 }
 
 /// The answer to a submission.
@@ -127,17 +147,21 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let field = |k: &str| {
             body.pointer(&format!("/error/{k}"))
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
+                .map(str::to_owned)
         };
         Err(ClientError::Api {
             status,
-            kind: field("type"),
-            message: field("message"),
+            kind: field("type").unwrap_or_else(|| "not_flotilla".into()),
+            // Not a Flotilla error body (wrong URL?): show what came back.
+            message: field("message").unwrap_or_else(|| {
+                let snippet: String = text.chars().take(200).collect();
+                format!("unexpected answer (is the URL a Flotilla API?): {snippet:?}")
+            }),
         })
     }
 
@@ -171,6 +195,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Api`] (404 for an unknown job or another tenant's), or a transport error.
     pub async fn get(&self, id: &str) -> Result<Job, ClientError> {
+        let id = job_id(id)?;
         let resp = self
             .http
             .get(format!("{}/v1/jobs/{id}", self.base))
@@ -185,6 +210,7 @@ impl Client {
     /// # Errors
     /// As [`Self::get`].
     pub async fn get_raw(&self, id: &str) -> Result<Value, ClientError> {
+        let id = job_id(id)?;
         let resp = self
             .http
             .get(format!("{}/v1/jobs/{id}", self.base))
@@ -199,6 +225,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Api`]: 404 unknown, 409 already ended.
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
+        let id = job_id(id)?;
         let resp = self
             .http
             .post(format!("{}/v1/jobs/{id}/cancel", self.base))
@@ -213,6 +240,7 @@ impl Client {
     /// # Errors
     /// As [`Self::get`].
     pub async fn deliveries(&self, id: &str) -> Result<Vec<Value>, ClientError> {
+        let id = job_id(id)?;
         let resp = self
             .http
             .get(format!("{}/v1/jobs/{id}/deliveries", self.base))

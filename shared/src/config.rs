@@ -125,7 +125,7 @@ impl Default for JobsConfig {
             idempotency_ttl_s: 24 * 3600,
             default_timeout_s: 300,
             max_timeout_s: 24 * 3600,
-            lease_s: 30,
+            lease_s: 10,
             max_attempts: 5,
             delivery_limit: 20,
             pools: vec!["default".into()],

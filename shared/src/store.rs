@@ -142,6 +142,14 @@ fn canceled_error() -> String {
     .unwrap_or_default()
 }
 
+fn expired_error() -> String {
+    serde_json::to_string(&JobError {
+        kind: crate::job::ErrorKind::Expired,
+        message: "deadline passed before the job started".into(),
+    })
+    .unwrap_or_default()
+}
+
 /// Runs a store operation with bounded retries of transient errors: about 3 s in all
 /// (100 ms doubling to 2 s, 4 retries, jitter), as `SCENARIOS.md` S4 asks.
 ///
@@ -211,6 +219,10 @@ pub struct StoredJob {
     pub submitting: bool,
     /// Current lease owner, if any.
     pub lease_owner: Option<String>,
+    /// Latest start instant, if the job has one.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Per-attempt model-call limit, seconds, if the job gave one.
+    pub timeout_s: Option<u64>,
 }
 
 struct Scripts {
@@ -240,11 +252,31 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+impl StoredJob {
+    /// The job as a worker runs it: everything from the record, none from the message (a
+    /// message only names the job; its own copy of the input is not trusted).
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope {
+            v: crate::job::ENVELOPE_VERSION,
+            id: self.job.id.clone(),
+            tenant: self.tenant.clone(),
+            model: self.job.model.clone(),
+            input: self.job.input.clone(),
+            params: self.job.params.clone(),
+            webhook: self.webhook.clone(),
+            metadata: self.job.metadata.clone(),
+            created_at: self.job.created_at,
+            deadline: self.deadline,
+            timeout_s: self.timeout_s,
+        }
+    }
+}
+
 impl Store {
-    /// Connects to `url` (lazily reconnecting afterwards).
+    /// A store on `url`; the connection is made on first use and remade after a loss.
     ///
     /// # Errors
-    /// [`StoreError::Redis`] when the URL is invalid or the first connection fails.
+    /// [`StoreError::Redis`] when the URL is invalid.
     pub async fn connect(url: &str, names: Names, ttls: StoreTtls) -> StoreResult<Self> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -252,7 +284,9 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        // Lazy: a process starts (and answers 503 / reports not ready) while Redis is away,
+        // and connects on first use.
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
             names,
@@ -326,6 +360,7 @@ impl Store {
         }
         if let Some(d) = env.deadline {
             fields.push(("deadline", rfc3339(d)));
+            fields.push(("deadline_ms", d.timestamp_millis().to_string()));
         }
         if let Some(t) = env.timeout_s {
             fields.push(("timeout_s", t.to_string()));
@@ -472,6 +507,7 @@ impl Store {
             .arg(self.ttls.result.as_millis() as u64)
             .arg(rfc3339(now))
             .arg(canceled_error())
+            .arg(expired_error())
             .invoke_async(&mut c)
             .await?;
         let num = |i: usize| {
@@ -801,5 +837,7 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         event_published: text("event_published") == Some("1"),
         submitting: text("submitting") == Some("1"),
         lease_owner: text("lease_owner").map(str::to_owned),
+        deadline: time("deadline")?,
+        timeout_s: text("timeout_s").and_then(|t| t.parse().ok()),
     })
 }

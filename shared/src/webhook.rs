@@ -131,9 +131,11 @@ impl WebhookSecret {
 }
 
 /// Whether a webhook must not be sent to `ip`: loopback, private (RFC 1918), link-local
-/// (including the 169.254.169.254 metadata address), CGNAT (100.64/10), unspecified,
-/// multicast, broadcast, IPv6 unique-local (fc00::/7, including fd00:ec2::254) and
-/// IPv4-mapped forms of those.
+/// (including the 169.254.169.254 metadata address), CGNAT (100.64/10), benchmarking
+/// (198.18/15), documentation and IETF ranges, reserved 240/4, unspecified, multicast,
+/// broadcast; IPv6 unique-local (fc00::/7, including fd00:ec2::254), link-local, documentation
+/// (2001:db8::/32), and IPv6 forms that embed an IPv4 address (IPv4-mapped, IPv4-compatible,
+/// NAT64 64:ff9b::/96, 6to4 2002::/16), judged by that address.
 pub fn is_private_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -144,18 +146,45 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_multicast()
                 || v4.is_broadcast()
+                || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100)
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113)
+                || o[0] >= 240
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_private_ip(IpAddr::V4(v4));
             }
-            let s = v6.segments();
+            // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks)
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_private_ip(embedded(s[6], s[7]));
+            }
+            // NAT64 64:ff9b::/96
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+                return is_private_ip(embedded(s[6], s[7]));
+            }
+            // 6to4 2002:AABB:CCDD::/48
+            if s[0] == 0x2002 {
+                return is_private_ip(embedded(s[1], s[2]));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
         }
     }
 }
@@ -195,6 +224,36 @@ mod tests {
             s.verify(ID, "soon", EXPECTED, BODY, TS, 300),
             Err(VerifyError::BadTimestamp)
         );
+    }
+
+    #[test]
+    fn private_addresses_in_every_form() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "100.64.0.1",
+            "198.18.0.1",
+            "0.0.0.0",
+            "240.0.0.1",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2001:db8::1",
+        ] {
+            assert!(is_private_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "93.184.215.14",
+            "2606:2800:21f:cb07:6820:80da:af6b:8b2c",
+            "64:ff9b::5db8:d70e",
+        ] {
+            assert!(!is_private_ip(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

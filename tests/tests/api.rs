@@ -112,7 +112,27 @@ async fn auth_and_tenant_isolation() {
         JobStatus::Queued
     );
     let err = alpha.get("not-a-uuid").await.expect_err("bad id");
-    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+    assert!(
+        matches!(err, flotilla_producer::ClientError::InvalidId(_)),
+        "{err}"
+    );
+    // Any spelling of the UUID, any case of the auth scheme.
+    let resp = http
+        .get(format!("{base}/v1/jobs/{}", id.to_uppercase()))
+        .header("authorization", format!("BEARER {ALPHA_KEY}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .delete(format!("{base}/v1/jobs/{id}"))
+        .bearer_auth(ALPHA_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = resp.json().await.expect("a JSON error body");
+    assert_eq!(body["error"]["type"], "method_not_allowed");
 }
 
 #[tokio::test]
@@ -138,7 +158,33 @@ async fn invalid_requests_get_a_named_4xx_and_queue_nothing() {
         (br#"{"model":"sim","input":{},"params":{"crash":true}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "params.crash"),
         (br#"{"model":"sentiment","input":{"text":"x"},"webhook":{"url":"ftp://example.com/h"}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "webhook.url"),
     ];
-    for (body, status, kind, needle) in cases {
+    let more: Vec<(Vec<u8>, StatusCode, &str, &str)> = vec![
+        (
+            br#"["sentiment",{"text":"x"}]"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "expected a JSON object",
+        ),
+        (
+            br#"{"model":"tokens","input":{"text":"x"},"timeout_s":-1}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "timeout_s",
+        ),
+        (
+            br#"{"model":"tokens","input":{"text":"x"},"deadline":"tomorrow"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "deadline",
+        ),
+        (
+            br#"{"model":1,"input":{"text":"x"}}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "model",
+        ),
+    ];
+    for (body, status, kind, needle) in cases.into_iter().chain(more) {
         let resp = post(body.clone()).await.expect("send");
         assert_eq!(resp.status(), status, "{}", String::from_utf8_lossy(&body));
         let v: Value = resp.json().await.expect("json error body");
@@ -155,6 +201,15 @@ async fn invalid_requests_get_a_named_4xx_and_queue_nothing() {
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let v: Value = resp.json().await.expect("json error body");
     assert_eq!(v["error"]["type"], "payload_too_large");
+    let resp = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "application/jsonx")
+        .body(r#"{"model":"tokens","input":{"text":"x"}}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // A beta job with a webhook: beta has no signing secret.
     let resp = http
         .post(format!("{base}/v1/jobs"))

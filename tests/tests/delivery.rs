@@ -232,6 +232,8 @@ async fn a_job_not_started_by_its_deadline_expires_without_running() {
     assert_eq!(done.status, JobStatus::Expired);
     assert_eq!(done.error.expect("error").kind, ErrorKind::Expired);
     assert!(done.output.is_none(), "never ran");
+    assert_eq!(done.attempts, 0, "no attempt started");
+    assert!(done.started_at.is_none());
     assert!(
         eventually(Duration::from_secs(10), || async {
             !receiver.hits_for(&id).is_empty()

@@ -118,6 +118,46 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
     assert_eq!(receiver.hits().len(), 1, "a webhook for the valid job only");
 }
 
+/// A message naming an accepted job but carrying other content runs the stored job.
+#[tokio::test]
+async fn a_forged_message_runs_the_stored_job_not_its_own_content() {
+    let mut env = TestEnv::new("forged").await;
+    let client = env.start_producer().await;
+    let mut req = sim(10, None);
+    req.input = json!({"real": "input"});
+    let id = client.submit(&req, None).await.expect("submit").response.id;
+    let forged = json!({
+        "v": 1, "id": id, "tenant": "beta", "model": "sim", "input": {"forged": true},
+        "params": {}, "metadata": {}, "created_at": "2020-01-01T00:00:00Z"
+    });
+    let publisher = Publisher::open(&env.amqp, Duration::from_secs(5))
+        .await
+        .expect("publisher");
+    publisher
+        .publish(
+            &env.names.jobs_exchange(),
+            "default",
+            forged.to_string().as_bytes(),
+            json_properties(&id, headers([], [])),
+        )
+        .await
+        .expect("publish");
+    env.start_worker(&["--concurrency", "1"]).await;
+    let job = client
+        .wait(&id, Duration::from_secs(20))
+        .await
+        .expect("ends");
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(
+        job.output.expect("output")["echo"],
+        json!({"real": "input"})
+    );
+    assert!(
+        job.timings.total_ms.expect("total") < 60_000.0,
+        "timings from the record"
+    );
+}
+
 /// S1: a worker SIGKILLed mid-job; a fresh worker runs it again: one result, one webhook,
 /// the redelivery counted as an attempt.
 #[tokio::test]

@@ -128,26 +128,35 @@ async fn process(
             first_start,
         } => {
             tracing::Span::current().record("attempt", attempts);
-            if first_start {
-                send_started(ctx, publisher, env).await;
-            }
-            attempts
+            (attempts, first_start)
         }
     };
-
-    if env.deadline.is_some_and(|d| d <= claimed_at) {
-        let outcome = Outcome {
-            status: JobStatus::Expired,
-            output: None,
-            error: Some(JobError {
-                kind: ErrorKind::Expired,
-                message: "deadline passed before the job started".into(),
-            }),
-            usage: json!({}),
-            timings: Timings::default(),
-        };
-        finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
-        return;
+    let (attempts, first_start) = attempts;
+    // Run what the record says, not what the message carries.
+    let stored = match ctx.retry_store(|| ctx.store.get(&env.id)).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => {
+            tracing::warn!("job record vanished after the claim");
+            ack(delivery).await;
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the job record; deferring");
+            let _ = ctx.store.release(&env.id, &owner, true).await;
+            defer(ctx, publisher, delivery, &env.id, Duration::from_secs(5)).await;
+            return;
+        }
+    };
+    let env = &stored.to_envelope();
+    if first_start
+        && env
+            .webhook
+            .as_ref()
+            .is_some_and(|w| w.wants(EventType::Started))
+    {
+        if let Err(err) = publish_event(&ctx.names, publisher, &stored, EventType::Started).await {
+            tracing::warn!(%err, "job.started event not published");
+        }
     }
 
     // Run under a renewed lease; a lost lease or a drain stops the run.
@@ -235,10 +244,15 @@ async fn process(
             )
         }
         Err(_elapsed) => {
-            let e = ModelError::transient(
-                ErrorKind::Timeout,
-                format!("model call exceeded timeout_s = {timeout_s}"),
-            );
+            let message = format!("model call exceeded timeout_s = {timeout_s}");
+            // A built-in model is CPU-bound and deterministic: it would time out again, and a
+            // blocking thread cannot be interrupted, so retrying only burns CPU. Remote and
+            // simulated backends may be faster next time.
+            let e = if env.model == "sim" {
+                ModelError::transient(ErrorKind::Timeout, message)
+            } else {
+                ModelError::permanent(ErrorKind::Timeout, message)
+            };
             let timings = Timings {
                 queue_ms: Some(queue_ms),
                 ..Timings::default()
@@ -350,27 +364,6 @@ async fn end_after_terminal(ctx: &Ctx, publisher: &Publisher, delivery: &Deliver
             tracing::warn!(%err, "completion event not durable; requeueing");
             requeue(delivery).await;
         }
-    }
-}
-
-async fn send_started(ctx: &Ctx, publisher: &Publisher, env: &Envelope) {
-    if !env
-        .webhook
-        .as_ref()
-        .is_some_and(|w| w.wants(EventType::Started))
-    {
-        return;
-    }
-    match ctx.store.get(&env.id).await {
-        Ok(Some(stored)) => {
-            if let Err(err) =
-                publish_event(&ctx.names, publisher, &stored, EventType::Started).await
-            {
-                tracing::warn!(%err, "job.started event not published");
-            }
-        }
-        Ok(None) => {}
-        Err(err) => tracing::warn!(%err, "job.started event skipped"),
     }
 }
 

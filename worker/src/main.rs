@@ -115,7 +115,6 @@ async fn main() -> anyhow::Result<()> {
         format!("{host}-{}", std::process::id())
     });
     let health = Arc::new(Health::default());
-    health.redis.store(true, Ordering::Relaxed);
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         names,
@@ -173,5 +172,7 @@ async fn main() -> anyhow::Result<()> {
     pinger.abort();
     admin_task.abort();
     tracing::info!("worker stopped");
-    Ok(())
+    // A model call that outlived its timeout may still occupy a blocking thread; the runtime
+    // would wait for it on drop. Everything is acked, requeued or released by now: leave.
+    std::process::exit(0)
 }

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 
 use crate::models::{sim::SimPlan, ModelError, Models};
 
+/// Characters of a text the `langid` model looks at (the first ones).
+pub const LANGID_MAX_CHARS: usize = 1000;
+
 /// Output of a successful run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineOutput {
@@ -96,7 +99,10 @@ impl Pipeline {
                 .to_owned()
         };
         let prepared = match name {
-            ModelName::Sentiment | ModelName::Langid => Prepared::Text(text()),
+            ModelName::Sentiment => Prepared::Text(text()),
+            // The language shows in the first sentences; n-gram scoring of a whole document
+            // costs seconds of CPU for nothing.
+            ModelName::Langid => Prepared::Text(text().chars().take(LANGID_MAX_CHARS).collect()),
             ModelName::Tokens => Prepared::Tokens(
                 // Token counts are of the text as given, untrimmed.
                 input

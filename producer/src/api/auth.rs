@@ -24,11 +24,9 @@ impl FromRequestParts<Arc<AppState>> for AuthTenant {
         let key = header
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, k)| k.trim())
             .filter(|k| !k.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be Bearer <api key>"))?;
         state

@@ -48,7 +48,8 @@ fn parse_body(
 ) -> Result<JobRequest, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
-        if !ct.starts_with("application/json") {
+        let mime = ct.split(';').next().unwrap_or_default().trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -73,7 +74,19 @@ fn parse_body(
             format!("request body is not valid JSON: {e}"),
         )
     })?;
-    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+    if !value.is_object() {
+        return Err(ApiError::invalid("request body: expected a JSON object"));
+    }
+    // The path names the offending field: `timeout_s: invalid value: integer -1, ...`.
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::invalid(format!("request body: {inner}"))
+        } else {
+            ApiError::invalid(format!("{path}: {inner}"))
+        }
+    })
 }
 
 /// `POST /v1/jobs`.
@@ -222,9 +235,11 @@ async fn publish(st: &AppState, env: &Envelope) -> Result<(), flotilla_shared::a
 
 async fn load_own(st: &AppState, tenant: &str, id: &str) -> Result<StoredJob, ApiError> {
     let not_found = || ApiError::not_found(format!("no job {id:?}"));
-    if uuid::Uuid::parse_str(id).is_err() {
+    // Ids are UUIDs; any spelling of one (upper case) names the same job.
+    let Ok(uuid) = uuid::Uuid::parse_str(id) else {
         return Err(not_found());
-    }
+    };
+    let id = &uuid.to_string();
     match with_retries(|| st.store.get(id)).await? {
         Some(job) if job.tenant == tenant => Ok(job),
         _ => Err(not_found()),

@@ -100,10 +100,16 @@ pub fn webhook_url(url: &str, cfg: &FileConfig) -> Result<(), ApiError> {
         .host_str()
         .ok_or_else(|| ApiError::invalid("webhook.url: no host"))?;
     if !cfg.webhooks.allow_private {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         let private = match bare.parse::<IpAddr>() {
             Ok(ip) => is_private_ip(ip),
-            Err(_) => bare.eq_ignore_ascii_case("localhost") || bare.ends_with(".localhost"),
+            Err(_) => {
+                bare == "localhost" || bare.ends_with(".localhost") || bare.starts_with("ip6-")
+            }
         };
         if private {
             return Err(ApiError::invalid(

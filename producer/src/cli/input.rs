@@ -46,6 +46,9 @@ pub enum InputError {
         /// What is wrong.
         message: String,
     },
+    /// The files hold no record.
+    #[error("{0}")]
+    Empty(String),
     /// A bad `--columns` value.
     #[error("--columns: {0}")]
     Columns(String),

@@ -84,6 +84,16 @@ pub async fn run(client: &Client, opts: &RunOptions) -> Result<Summary, RunError
     if let Some(n) = opts.limit {
         records.truncate(n);
     }
+    if records.is_empty() {
+        return Err(RunError::Input(InputError::Empty(format!(
+            "no records in {}",
+            opts.files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))));
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let webhook = opts.receiver.as_ref().map(|r| WebhookSpec {
         url: format!("{}/webhooks", r.trim_end_matches('/')),

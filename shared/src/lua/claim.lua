@@ -4,6 +4,7 @@
 -- ARGV[3] lease length, ms                    ARGV[4] max attempts
 -- ARGV[5] record TTL, ms                      ARGV[6] now, RFC 3339
 -- ARGV[7] error JSON stored when a cancel tombstone is found
+-- ARGV[8] error JSON stored when the job's deadline (field deadline_ms) passed before it started
 -- Returns {'missing'} | {'terminal', status, event_published}
 --       | {'leased', owner, remaining_ms} | {'exhausted', attempts}
 --       | {'claimed', attempts, first_start(0|1)}
@@ -28,6 +29,13 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms', 'submitting')
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   return {'terminal', 'canceled', redis.call('HGET', KEYS[1], 'event_published') or '0'}
+end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or '0')
+if deadline > 0 and deadline <= now and redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
+  redis.call('HSET', KEYS[1], 'status', 'expired', 'error', ARGV[8], 'completed_at', ARGV[6])
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms', 'submitting')
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {'terminal', 'expired', redis.call('HGET', KEYS[1], 'event_published') or '0'}
 end
 local lease = {'status', 'running', 'lease_owner', ARGV[1],
   'lease_until_ms', tostring(now + tonumber(ARGV[3]))}

@@ -9,7 +9,7 @@ if status == 'queued' or status == 'running' then
   if status == 'running' and until_ms > 0 then return 'active' end
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0')
-redis.call('HDEL', KEYS[1], 'output', 'error', 'completed_at', 'event_published',
+redis.call('HDEL', KEYS[1], 'output', 'error', 'completed_at', 'event_published', 'deadline_ms',
   'cancel_requested', 'lease_owner', 'lease_until_ms', 'submitting')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 'ok'

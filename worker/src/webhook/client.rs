@@ -113,6 +113,39 @@ impl WebhookClient {
         Ok(parsed)
     }
 
+    /// Resolves a host name up front so that a name resolving only to private addresses is a
+    /// permanent failure (the connection itself still goes through the guarded resolver).
+    async fn check_resolution(&self, url: &reqwest::Url) -> Result<(), DeliveryError> {
+        let Some(host) = url.host_str() else {
+            return Ok(());
+        };
+        if self.cfg.allow_private || host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.collect(),
+            // DNS trouble may pass: transient.
+            Err(e) => {
+                return Err(DeliveryError {
+                    status: None,
+                    message: format!("cannot resolve {host}: {e}"),
+                    retry_after: None,
+                    permanent: false,
+                })
+            }
+        };
+        if !addrs.is_empty() && addrs.iter().all(|a| is_private_ip(a.ip())) {
+            return Err(DeliveryError {
+                status: None,
+                message: format!("{host} resolves only to private addresses (SSRF guard)"),
+                retry_after: None,
+                permanent: true,
+            });
+        }
+        Ok(())
+    }
+
     /// POSTs `body` as event `event_id`, signed with `secret` at the current time.
     ///
     /// # Errors
@@ -127,6 +160,7 @@ impl WebhookClient {
         traceparent: Option<&str>,
     ) -> Result<Delivered, DeliveryError> {
         let parsed = self.check_url(url)?;
+        self.check_resolution(&parsed).await?;
         let ts = chrono::Utc::now().timestamp();
         let mut req = self
             .http

@@ -19,6 +19,7 @@ export FLOTILLA_API_KEY="${FLOTILLA_API_KEY:-demo-key}"
 export FLOTILLA_WEBHOOK_SECRET="${FLOTILLA_WEBHOOK_SECRET:-$(sed -n 's/^webhook_secret = "\(whsec_[^"]*\)"/\1/p' "$FLOTILLA_CONFIG" | head -1)}"
 API_ADDR="${FLOTILLA_DEMO_API:-127.0.0.1:8080}"
 RECEIVER_ADDR="${FLOTILLA_DEMO_RECEIVER:-127.0.0.1:8099}"
+WORKER_ADDRS=("${FLOTILLA_DEMO_WORKER1:-127.0.0.1:9091}" "${FLOTILLA_DEMO_WORKER2:-127.0.0.1:9092}")
 export FLOTILLA_URL="http://$API_ADDR"
 
 pids=()
@@ -27,6 +28,14 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+
+# A port already taken by another process would make a readiness check talk to that process.
+for hp in "$API_ADDR" "$RECEIVER_ADDR" "${WORKER_ADDRS[@]}"; do
+  if timeout 1 bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp##*:}" 2>/dev/null; then
+    echo "demo: $hp is already in use; set FLOTILLA_DEMO_API, FLOTILLA_DEMO_RECEIVER, FLOTILLA_DEMO_WORKER1/2" >&2
+    exit 1
+  fi
+done
 
 http_ok() { # host:port path → 0 when the answer is 200
   local hp="$1" path="$2"
@@ -47,13 +56,13 @@ pids+=($!)
 "$BIN/flotilla-producer" --listen "$API_ADDR" >"$OUT/producer.log" 2>&1 &
 pids+=($!)
 for i in 1 2; do
-  "$BIN/flotilla-worker" --admin-addr "127.0.0.1:909$i" --worker-id "demo-worker-$i" >"$OUT/worker-$i.log" 2>&1 &
+  "$BIN/flotilla-worker" --admin-addr "${WORKER_ADDRS[$((i - 1))]}" --worker-id "demo-worker-$i" >"$OUT/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 wait_ready receiver "$RECEIVER_ADDR" /healthz "$OUT/receiver.log"
 wait_ready producer "$API_ADDR" /readyz "$OUT/producer.log"
-wait_ready worker-1 127.0.0.1:9091 /readyz "$OUT/worker-1.log"
-wait_ready worker-2 127.0.0.1:9092 /readyz "$OUT/worker-2.log"
+wait_ready worker-1 "${WORKER_ADDRS[0]}" /readyz "$OUT/worker-1.log"
+wait_ready worker-2 "${WORKER_ADDRS[1]}" /readyz "$OUT/worker-2.log"
 echo "demo: producer, 2 workers and a webhook receiver are up (logs in $OUT/)"
 
 status=0

@@ -1,5 +1,5 @@
 # Flotilla — the two commands of the README, and a few helpers.
-.PHONY: demo test chaos services lint fmt
+.PHONY: demo test chaos drill services lint fmt
 
 ## Run the main job on the bundled real data with the built-in models.
 demo:
@@ -14,6 +14,12 @@ chaos:
 	scripts/services.sh
 	cargo build --workspace --locked
 	target/debug/chaos
+
+## A rolling update of 3 workers under 1000 jobs: every job once, every worker exits 0.
+drill:
+	scripts/services.sh
+	cargo build --workspace --locked
+	target/debug/drill
 
 ## Only make sure RabbitMQ and Redis answer.
 services:

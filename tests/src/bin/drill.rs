@@ -50,10 +50,10 @@ async fn main() -> ExitCode {
     eprintln!("drill: {} jobs queued; rolling the workers", ids.len());
 
     let (mut replaced, mut clean_exits, mut max_drain) = (0, 0, Duration::ZERO);
-    for slot in 0..WORKERS {
-        let old = current[slot];
+    for slot in current.iter_mut() {
+        let old = *slot;
         // Surge first (maxSurge 1, maxUnavailable 0), then terminate the old pod.
-        current[slot] = env.start_worker(&args).await;
+        *slot = env.start_worker(&args).await;
         let t = Instant::now();
         env.workers[old].sigterm();
         let code = env.workers[old]

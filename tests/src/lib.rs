@@ -578,6 +578,34 @@ impl TestEnv {
         self.config = FileConfig::load(&self.config_path).expect("valid test config");
     }
 
+    /// Waits up to `timeout` until the jobs queue and the events queue are both empty:
+    /// nothing is left that could run or deliver again.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        eventually(timeout, || async {
+            self.queue_len(&self.names.jobs_queue("default")).await == 0
+                && self.queue_len(&self.names.events_queue()).await == 0
+        })
+        .await
+    }
+
+    /// How many times each job was written terminal, from every worker's log (one
+    /// `job finished` line per finish that changed the record).
+    pub fn finishes_per_job(&self) -> HashMap<String, usize> {
+        let mut finishes = HashMap::new();
+        for w in &self.workers {
+            for line in w.log_text().lines().filter(|l| l.contains("job finished")) {
+                if let Some(id) = line
+                    .split("job_id=")
+                    .nth(1)
+                    .and_then(|s| s.split([' ', '}']).next())
+                {
+                    *finishes.entry(id.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        finishes
+    }
+
     /// Log texts of every process, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();

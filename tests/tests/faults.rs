@@ -202,13 +202,7 @@ async fn s1_worker_killed_mid_job_runs_again_with_one_result_and_one_webhook() {
         .await
     );
     // Nothing left that could deliver again: both queues are empty.
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            env.queue_len(&env.names.jobs_queue("default")).await == 0
-                && env.queue_len(&env.names.events_queue()).await == 0
-        })
-        .await
-    );
+    assert!(env.drained(Duration::from_secs(10)).await);
     let hits = receiver.hits_for(&id);
     assert_eq!(hits.len(), 1, "one completion webhook: {hits:?}");
     assert_eq!(hits[0].webhook_id, event_id(&id, EventType::Succeeded));

@@ -2,19 +2,14 @@
 
 use std::time::Duration;
 
-use flotilla_shared::job::{event_id, EventType, JobRequest, JobStatus, WebhookSpec};
-use flotilla_tests::{by_webhook_id, eventually, TestEnv, TestReceiver};
+use flotilla_shared::job::{event_id, EventType, JobRequest, JobStatus};
+use flotilla_tests::{by_webhook_id, eventually, job, TestEnv, TestReceiver};
 use serde_json::json;
 
 fn request(model: &str, input: serde_json::Value, hook: Option<String>) -> JobRequest {
     JobRequest {
-        model: model.into(),
-        input,
-        params: None,
-        webhook: hook.map(|url| WebhookSpec { url, events: None }),
         metadata: Some(json!({"case": "flow"})),
-        timeout_s: None,
-        deadline: None,
+        ..job(model, input, hook)
     }
 }
 

@@ -200,13 +200,7 @@ async fn s4_redis_outage_mid_job_gives_one_result_and_one_webhook() {
         })
         .await
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            env.queue_len(&env.names.jobs_queue("default")).await == 0
-                && env.queue_len(&env.names.events_queue()).await == 0
-        })
-        .await
-    );
+    assert!(env.drained(Duration::from_secs(10)).await);
     watcher.abort();
     let hits = receiver.hits_for(&id);
     assert_eq!(hits.len(), 1, "one webhook: {hits:?}");

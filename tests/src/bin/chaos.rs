@@ -9,7 +9,7 @@
 //! broker_restarts=… redis_restarts=…`. Exit 0 only when everything held.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -166,18 +166,7 @@ async fn main() -> ExitCode {
     .await;
     // Terminal writes per job, from the workers' logs (each "job finished" is one finish.lua
     // that changed the record).
-    let mut finishes: HashMap<String, usize> = HashMap::new();
-    for w in &env.workers {
-        for line in w.log_text().lines().filter(|l| l.contains("job finished")) {
-            if let Some(id) = line
-                .split("job_id=")
-                .nth(1)
-                .and_then(|s| s.split([' ', '}']).next())
-            {
-                *finishes.entry(id.to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let finishes = env.finishes_per_job();
     let duplicate_results: usize = finishes.values().map(|n| n.saturating_sub(1)).sum();
     let accepted: Vec<_> = receiver
         .hits()

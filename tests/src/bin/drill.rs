@@ -5,7 +5,6 @@
 //! duplicate_results=… workers_replaced=… clean_exits=… max_drain_ms=…`.
 
 use std::{
-    collections::HashMap,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -81,18 +80,7 @@ async fn main() -> ExitCode {
         }
     }
     // One terminal write per job, counted from every worker's log.
-    let mut finishes: HashMap<String, usize> = HashMap::new();
-    for w in &env.workers {
-        for line in w.log_text().lines().filter(|l| l.contains("job finished")) {
-            if let Some(id) = line
-                .split("job_id=")
-                .nth(1)
-                .and_then(|s| s.split([' ', '}']).next())
-            {
-                *finishes.entry(id.to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let finishes = env.finishes_per_job();
     let duplicate_results: usize = finishes.values().map(|n| n.saturating_sub(1)).sum();
     let ok = ids.len() == JOBS
         && succeeded == JOBS

@@ -228,3 +228,48 @@ async fn invalid_requests_get_a_named_4xx_and_queue_nothing() {
     let removed = env.store.delete_namespace().await.expect("scan");
     assert_eq!(removed, 0, "no job record written for refused requests");
 }
+
+/// A publish the broker returns (no queue bound for the route) is a 503 that leaves no job
+/// record behind and frees the idempotency key for a retry.
+#[tokio::test]
+async fn an_unroutable_publish_is_a_503_without_an_orphan() {
+    let mut env = TestEnv::new("unroutable").await;
+    let client = env.start_producer().await;
+    let (queue, exchange) = (env.names.jobs_queue("default"), env.names.jobs_exchange());
+    env.channel
+        .queue_unbind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "default".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("unbind");
+    let err = client
+        .submit(&tokens("lost?"), Some("k-503"))
+        .await
+        .expect_err("503");
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(
+        env.store.delete_namespace().await.expect("scan"),
+        0,
+        "no record, no idempotency key"
+    );
+
+    env.channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "default".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let ok = client
+        .submit(&tokens("lost?"), Some("k-503"))
+        .await
+        .expect("retry accepted");
+    assert!(ok.created, "the key was freed: a new job");
+    assert_eq!(env.queue_len(&queue).await, 1);
+}

@@ -108,6 +108,22 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
         0,
         "consumed and recorded"
     );
+    // An operator purges one kind (admin API); the others stay.
+    let purged = client
+        .dlq_purge_matching(&flotilla_shared::dlq::DlqFilter {
+            reason: Some("too_deep".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("purge");
+    assert_eq!(purged["purged"], 1);
+    let left = env
+        .store
+        .dlq_list(&Default::default(), 100)
+        .await
+        .expect("dlq");
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|e| e.reason != "too_deep"));
     assert!(env.workers[w].alive(), "the worker never restarts");
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -115,6 +115,66 @@ pub struct JobsConfig {
     pub retry_cap_ms: u64,
     /// How long the producer waits for a publisher confirm, milliseconds.
     pub confirm_timeout_ms: u64,
+    /// Random spread of each retry delay, as a fraction (0.2 = ±20%).
+    pub retry_jitter: f64,
+    /// Per-model overrides of the retry policy: `[jobs.models.sim] max_attempts = 2`.
+    pub models: HashMap<String, RetryOverride>,
+}
+
+/// `[jobs.models.<model>]`: any field left out keeps the `[jobs]` value.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryOverride {
+    /// Attempts before failing.
+    pub max_attempts: Option<u32>,
+    /// First retry delay, milliseconds.
+    pub retry_base_ms: Option<u64>,
+    /// Growth factor of the delay.
+    pub retry_factor: Option<f64>,
+    /// Longest delay, milliseconds.
+    pub retry_cap_ms: Option<u64>,
+    /// Random spread, fraction.
+    pub retry_jitter: Option<f64>,
+}
+
+/// The retry policy of one model: attempts and exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts (claims) before a job fails; transient failures retry until then.
+    pub max_attempts: u32,
+    /// First delay, milliseconds.
+    pub base_ms: u64,
+    /// Growth factor.
+    pub factor: f64,
+    /// Longest delay, milliseconds.
+    pub cap_ms: u64,
+    /// Random spread, fraction of the delay.
+    pub jitter: f64,
+}
+
+impl RetryPolicy {
+    /// Delay after `attempts` attempts: base × factor^(attempts−1), capped, then spread by
+    /// ±`jitter` using `unit` (a random number in [0, 1)).
+    pub fn delay(&self, attempts: u32, unit: f64) -> std::time::Duration {
+        let exp = self.factor.powi(attempts.saturating_sub(1).min(30) as i32);
+        let ms = (self.base_ms as f64 * exp).min(self.cap_ms as f64);
+        let spread = 1.0 - self.jitter + unit.clamp(0.0, 1.0) * 2.0 * self.jitter;
+        std::time::Duration::from_millis((ms * spread).max(0.0) as u64)
+    }
+}
+
+impl JobsConfig {
+    /// The retry policy for `model`: `[jobs]` with `[jobs.models.<model>]` on top.
+    pub fn retry_policy(&self, model: &str) -> RetryPolicy {
+        let o = self.models.get(model).cloned().unwrap_or_default();
+        RetryPolicy {
+            max_attempts: o.max_attempts.unwrap_or(self.max_attempts),
+            base_ms: o.retry_base_ms.unwrap_or(self.retry_base_ms),
+            factor: o.retry_factor.unwrap_or(self.retry_factor),
+            cap_ms: o.retry_cap_ms.unwrap_or(self.retry_cap_ms),
+            jitter: o.retry_jitter.unwrap_or(self.retry_jitter),
+        }
+    }
 }
 
 impl Default for JobsConfig {
@@ -134,6 +194,8 @@ impl Default for JobsConfig {
             retry_factor: 2.0,
             retry_cap_ms: 600_000,
             confirm_timeout_ms: 5000,
+            retry_jitter: 0.2,
+            models: HashMap::new(),
         }
     }
 }
@@ -322,6 +384,24 @@ impl FileConfig {
         if j.retry_factor < 1.0 || !j.retry_factor.is_finite() {
             return bad("jobs.retry_factor: a number >= 1");
         }
+        for (model, _) in j.models.iter() {
+            if crate::catalog::ModelName::parse(model).is_none() {
+                return Err(ConfigError(format!("jobs.models.{model}: no such model")));
+            }
+            let p = j.retry_policy(model);
+            if p.max_attempts == 0
+                || p.factor < 1.0
+                || !p.factor.is_finite()
+                || !(0.0..=1.0).contains(&p.jitter)
+            {
+                return Err(ConfigError(format!(
+                    "jobs.models.{model}: max_attempts >= 1, retry_factor >= 1, retry_jitter in [0, 1]"
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&j.retry_jitter) {
+            return bad("jobs.retry_jitter: between 0 and 1");
+        }
         if j.default_timeout_s == 0 || j.default_timeout_s > j.max_timeout_s {
             return bad("jobs.default_timeout_s: between 1 and jobs.max_timeout_s");
         }
@@ -447,6 +527,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         FileConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn per_model_retry_policy_overrides_the_defaults() {
+        let cfg: FileConfig = toml::from_str(
+            "[jobs]\nmax_attempts = 5\nretry_base_ms = 100\n[jobs.models.sim]\nmax_attempts = 2\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.jobs.retry_policy("sim").max_attempts, 2);
+        assert_eq!(cfg.jobs.retry_policy("sim").base_ms, 100);
+        assert_eq!(cfg.jobs.retry_policy("tokens").max_attempts, 5);
+        let p = cfg.jobs.retry_policy("tokens");
+        // 100 ms × 2^(3−1) = 400 ms, ±20%.
+        assert_eq!(p.delay(3, 0.5).as_millis(), 400);
+        assert_eq!(p.delay(3, 0.0).as_millis(), 320);
+        assert_eq!(p.delay(40, 0.5).as_millis(), 600_000, "capped");
+        let bad: FileConfig = toml::from_str("[jobs.models.gpt9]\nmax_attempts = 2\n").unwrap();
+        assert!(bad.validate().is_err());
     }
 
     #[test]

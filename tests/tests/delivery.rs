@@ -152,7 +152,12 @@ async fn s2_poison_job_is_failed_dead_lettered_and_replayable() {
 /// retry path after the configured attempts, with one `job.failed` event.
 #[tokio::test]
 async fn always_failing_backend_fails_after_max_attempts() {
-    let mut env = TestEnv::with_options("always500", opts("max_attempts = 3", "")).await;
+    let mut env = TestEnv::with_options(
+        "always500",
+        // The default allows 5 attempts; the sim model's own policy allows 3.
+        opts("max_attempts = 5\n[jobs.models.sim]\nmax_attempts = 3", ""),
+    )
+    .await;
     let client = env.start_producer().await;
     env.start_worker(&[]).await;
     let receiver = TestReceiver::start(0).await;

@@ -52,18 +52,6 @@ pub fn tier_for(tiers_s: &[u64], delay: Duration) -> u64 {
         .unwrap_or(1)
 }
 
-/// Exponential retry delay after `attempts` attempts: base × factor^(attempts−1), capped,
-/// ±20% jitter.
-pub fn retry_delay(ctx: &Ctx, attempts: u32) -> Duration {
-    let j = &ctx.config.jobs;
-    let exp = j
-        .retry_factor
-        .powi(attempts.saturating_sub(1).min(30) as i32);
-    let ms = (j.retry_base_ms as f64 * exp).min(j.retry_cap_ms as f64);
-    let jitter = 0.8 + rand::random::<f64>() * 0.4;
-    Duration::from_millis((ms * jitter) as u64)
-}
-
 /// Republishes the job to the delay tier for `delay` (it comes back to the pool's queue when
 /// the tier's TTL expires), then acks. Falls back to a requeue when the publish fails.
 pub async fn defer(

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    actions::{ack, dead_letter, defer, requeue, retry_delay},
+    actions::{ack, dead_letter, defer, requeue},
     decode,
     models::ModelError,
     Ctx,
@@ -56,7 +56,8 @@ async fn process(
 ) {
     let owner = format!("{}/{}", ctx.worker_id, uuid::Uuid::new_v4().simple());
     let lease = Duration::from_secs(ctx.config.jobs.lease_s);
-    let max_attempts = ctx.config.jobs.max_attempts;
+    let policy = ctx.config.jobs.retry_policy(&env.model);
+    let max_attempts = policy.max_attempts;
     let claimed_at = Utc::now();
     let claim = match ctx
         .retry_store(|| ctx.store.claim(&env.id, &owner, lease, max_attempts))
@@ -265,7 +266,9 @@ async fn process(
     };
     if let Some(err) = transient {
         if attempts < max_attempts {
-            let delay = retry_delay(ctx, attempts).max(err.retry_after.unwrap_or_default());
+            let delay = policy
+                .delay(attempts, rand::random::<f64>())
+                .max(err.retry_after.unwrap_or_default());
             tracing::info!(error = %err.message, ?delay, attempts, "transient failure; retrying later");
             match ctx
                 .retry_store(|| ctx.store.release(&env.id, &owner, false))

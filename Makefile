@@ -1,5 +1,5 @@
 # Flotilla — the two commands of the README, and a few helpers.
-.PHONY: demo test chaos drill services lint fmt
+.PHONY: demo test chaos drill validate-deploy services lint fmt
 
 ## Run the main job on the bundled real data with the built-in models.
 demo:
@@ -20,6 +20,11 @@ drill:
 	scripts/services.sh
 	cargo build --workspace --locked
 	target/debug/drill
+
+## Static checks of the Dockerfile's companions: docker-compose config, kustomize overlays
+## against the Kubernetes schemas.
+validate-deploy:
+	scripts/validate-deploy.sh
 
 ## Only make sure RabbitMQ and Redis answer.
 services:

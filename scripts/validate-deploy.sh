@@ -9,7 +9,8 @@
 # 3. k8s/: `kubectl kustomize` of base and every overlay, schema-validated with
 #    kubernetes-validate (strict, fixed Kubernetes version, offline), CRD kinds checked
 #    structurally instead, plus Flotilla's own invariants (drain budget, probes, security
-#    context, placeholders-only Secrets, consumer_timeout, cross-references).
+#    context, placeholders-only Secrets, consumer_timeout, cross-references), and the dev
+#    overlay's TOML still matching config/flotilla.toml.
 #
 # Installs what is missing when it can (apt-get as root for docker-compose, pip for
 # kubernetes-validate); after that it runs offline. Exits non-zero on any failure.
@@ -356,8 +357,10 @@ def check_k8s(name, rendered, core_out):
                 err(f"{name}: ScaledObject trigger protocol must be http (counts unacked messages)")
             if md.get("mode") != "QueueLength" or md.get("queueName") != "flotilla.jobs.default":
                 err(f"{name}: ScaledObject trigger must be mode QueueLength on flotilla.jobs.default")
-            if int(md.get("value", 0)) != concurrency:
-                err(f"{name}: ScaledObject trigger value {md.get('value')} != FLOTILLA_CONCURRENCY {concurrency}")
+            # value = FLOTILLA_CONCURRENCY means 100% of the prefetch windows in use; lower
+            # values keep headroom. Above it, workers would be asked to hold more than they take.
+            if not 0 < float(md.get("value", 0)) <= concurrency:
+                err(f"{name}: ScaledObject trigger value {md.get('value')} must be in (0, FLOTILLA_CONCURRENCY={concurrency}]")
             auth = (trig.get("authenticationRef") or {}).get("name")
             if auth not in by_kind.get("TriggerAuthentication", {}):
                 err(f"{name}: ScaledObject references TriggerAuthentication {auth} which is not rendered")
@@ -405,10 +408,25 @@ def check_k8s(name, rendered, core_out):
     finish()
 
 
+def check_dev_toml(dev_path, demo_path):
+    """The dev overlay's TOML is config/flotilla.toml plus max_timeout_s: report drift."""
+    with open(dev_path, "rb") as f:
+        dev = tomllib.load(f)
+    with open(demo_path, "rb") as f:
+        demo = tomllib.load(f)
+    dev.get("jobs", {}).pop("max_timeout_s", None)
+    demo.get("jobs", {}).pop("max_timeout_s", None)
+    if dev != demo:
+        err(f"{dev_path} differs from {demo_path} (beyond max_timeout_s): copy it again")
+    finish()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "compose":
         check_compose(sys.argv[2], sys.argv[3] == "1")
+    elif mode == "dev-toml":
+        check_dev_toml(sys.argv[2], sys.argv[3])
     elif mode == "k8s":
         check_k8s(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
@@ -460,6 +478,9 @@ if command -v shellcheck >/dev/null 2>&1; then
 fi
 
 # ---- 3. kubernetes ----------------------------------------------------------------------------
+
+"$PY" "$TMP/check.py" dev-toml k8s/overlays/dev/flotilla.toml config/flotilla.toml ||
+  fail "k8s/overlays/dev/flotilla.toml is out of sync with config/flotilla.toml"
 
 for name in "${OVERLAY_NAMES[@]}"; do
   dir="${OVERLAY_DIRS[$name]}"

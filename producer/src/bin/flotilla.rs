@@ -134,6 +134,11 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Webhook tools for receivers.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
     /// Run a webhook receiver that verifies signatures and counts deliveries.
     Receiver {
         /// Address to listen on.
@@ -170,6 +175,31 @@ impl DlqFilterArgs {
             since: self.since,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookAction {
+    /// Verify a delivery's Standard Webhooks signature: exit 0 when valid, 1 with the reason.
+    Verify {
+        /// Signing secret `whsec_...`.
+        #[arg(long, env = "FLOTILLA_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The `webhook-id` header.
+        #[arg(long)]
+        id: String,
+        /// The `webhook-timestamp` header (Unix seconds).
+        #[arg(long)]
+        timestamp: String,
+        /// The `webhook-signature` header (one or more `v1,<base64>`).
+        #[arg(long)]
+        signature: String,
+        /// File holding the exact request body (`-` for standard input).
+        #[arg(long, default_value = "-")]
+        body: PathBuf,
+        /// Accepted clock difference, seconds.
+        #[arg(long, default_value_t = 300)]
+        tolerance_s: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +330,45 @@ async fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             wait_and_print(&client, &submitted.response.id, *wait_timeout).await
+        }
+        Command::Webhook {
+            action:
+                WebhookAction::Verify {
+                    secret,
+                    id,
+                    timestamp,
+                    signature,
+                    body,
+                    tolerance_s,
+                },
+        } => {
+            let secret = match WebhookSecret::parse(secret) {
+                Ok(s) => s,
+                Err(e) => return usage(format!("--secret: {e}")),
+            };
+            let bytes = if body.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                match std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+                    Ok(_) => buf,
+                    Err(e) => return usage(format!("cannot read standard input: {e}")),
+                }
+            } else {
+                match std::fs::read(body) {
+                    Ok(b) => b,
+                    Err(e) => return usage(format!("cannot read {}: {e}", body.display())),
+                }
+            };
+            let now = chrono::Utc::now().timestamp();
+            match secret.verify(id, timestamp, signature, &bytes, now, *tolerance_s) {
+                Ok(()) => {
+                    println!("valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flotilla: invalid webhook: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Cancel { id } => {
             let client = match client(&cli) {

@@ -63,9 +63,22 @@ pub async fn ensure_terminal_event(
     let stored = with_retries(|| store.get(id))
         .await
         .map_err(|e| e.to_string())?;
-    let Some(stored) = stored else {
-        return Ok(());
-    };
+    match stored {
+        Some(stored) => ensure_event_of(store, publisher, &stored).await,
+        None => Ok(()),
+    }
+}
+
+/// As [`ensure_terminal_event`], for a record the caller already holds (the finish script
+/// returns it), saving a round trip.
+///
+/// # Errors
+/// As [`ensure_terminal_event`].
+pub async fn ensure_event_of(
+    store: &Store,
+    publisher: &Publisher,
+    stored: &StoredJob,
+) -> Result<(), String> {
     let Some(event) = EventType::for_status(stored.job.status) else {
         return Ok(());
     };
@@ -73,9 +86,10 @@ pub async fn ensure_terminal_event(
     if !wanted || stored.event_published {
         return Ok(());
     }
-    publish_event(store.names(), publisher, &stored, event)
+    publish_event(store.names(), publisher, stored, event)
         .await
         .map_err(|e| e.to_string())?;
+    let id = stored.job.id.as_str();
     if let Err(err) = with_retries(|| store.mark_event_published(id)).await {
         // The event is durable; a redelivery would publish it again with the same webhook-id.
         tracing::warn!(%err, job_id = id, "could not record the event as published");

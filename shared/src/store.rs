@@ -67,7 +67,7 @@ pub struct StoreTtls {
 }
 
 /// What [`Store::claim`] decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// No such record (expired, never created, or discarded).
     Missing,
@@ -94,14 +94,16 @@ pub enum Claim {
         attempts: u32,
         /// Whether this is the job's first start (for `job.started`).
         first_start: bool,
+        /// The record as claimed (what to run).
+        job: Box<StoredJob>,
     },
 }
 
 /// What [`Store::finish`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
-    /// Stored; the record is terminal now.
-    Done,
+    /// Stored; the record as it now is.
+    Done(Box<StoredJob>),
     /// The record is gone.
     Missing,
     /// Someone else already ended it.
@@ -538,6 +540,7 @@ impl Store {
             Some("claimed") => Claim::Claimed {
                 attempts: num(1) as u32,
                 first_start: num(2) == 1,
+                job: Box::new(record_from_pairs(&self.names.job_key(id), &reply[3..])?),
             },
             _ => return Err(corrupt()),
         })
@@ -649,7 +652,7 @@ impl Store {
             .unwrap_or_default();
         let timings = serde_json::to_string(&outcome.timings).unwrap_or_else(|_| "{}".into());
         let mut c = self.conn.clone();
-        let reply: String = self
+        let reply: Vec<String> = self
             .scripts
             .finish
             .key(&key)
@@ -663,14 +666,17 @@ impl Store {
             .arg(self.ttls.result.as_millis() as u64)
             .invoke_async(&mut c)
             .await?;
-        match reply.as_str() {
-            "ok" => Ok(Finish::Done),
-            "missing" => Ok(Finish::Missing),
-            "terminal" => Ok(Finish::AlreadyTerminal),
-            "not_owner" => Ok(Finish::NotOwner),
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(Finish::Done(Box::new(record_from_pairs(
+                &key,
+                &reply[1..],
+            )?))),
+            Some("missing") => Ok(Finish::Missing),
+            Some("terminal") => Ok(Finish::AlreadyTerminal),
+            Some("not_owner") => Ok(Finish::NotOwner),
             other => Err(StoreError::Corrupt {
                 key,
-                detail: format!("finish refused: {other}"),
+                detail: format!("finish refused: {other:?}"),
             }),
         }
     }
@@ -764,6 +770,15 @@ impl Store {
             cursor = next;
         }
     }
+}
+
+/// A record from a script's flat `field, value, ...` reply.
+fn record_from_pairs(key: &str, pairs: &[String]) -> StoreResult<StoredJob> {
+    let map: HashMap<String, String> = pairs
+        .chunks_exact(2)
+        .map(|kv| (kv[0].clone(), kv[1].clone()))
+        .collect();
+    parse_record(key, &map)
 }
 
 fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJob> {

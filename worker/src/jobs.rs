@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use flotilla_shared::{
     amqp::Publisher,
-    events::{ensure_terminal_event, publish_event},
+    events::{ensure_event_of, ensure_terminal_event, publish_event},
     job::{Envelope, ErrorKind, EventType, JobError, JobStatus, Timings},
     store::{Claim, Finish, Outcome, Renewal},
 };
@@ -127,27 +127,14 @@ async fn process(
         Claim::Claimed {
             attempts,
             first_start,
+            job,
         } => {
             tracing::Span::current().record("attempt", attempts);
-            (attempts, first_start)
+            (attempts, first_start, job)
         }
     };
-    let (attempts, first_start) = attempts;
+    let (attempts, first_start, stored) = attempts;
     // Run what the record says, not what the message carries.
-    let stored = match ctx.retry_store(|| ctx.store.get(&env.id)).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => {
-            tracing::warn!("job record vanished after the claim");
-            ack(delivery).await;
-            return;
-        }
-        Err(err) => {
-            tracing::warn!(%err, "cannot read the job record; deferring");
-            let _ = ctx.store.release(&env.id, &owner, true).await;
-            defer(ctx, publisher, delivery, &env.id, Duration::from_secs(5)).await;
-            return;
-        }
-    };
     let env = &stored.to_envelope();
     if first_start
         && env
@@ -322,22 +309,31 @@ async fn finish(
         .retry_store(|| ctx.store.finish(&env.id, owner, &outcome))
         .await;
     match stored {
-        Ok(Finish::Done | Finish::AlreadyTerminal) => {
+        Ok(finished @ (Finish::Done(_) | Finish::AlreadyTerminal)) => {
             tracing::info!(status = outcome.status.as_str(), "job finished");
+            // The finish script returns the record: no second read for the event.
+            let event = match &finished {
+                Finish::Done(stored) => ensure_event_of(&ctx.store, publisher, stored).await,
+                _ => ensure_terminal_event(&ctx.store, publisher, &env.id).await,
+            };
             match end {
-                End::Ack => end_after_terminal(ctx, publisher, delivery, &env.id).await,
-                End::DeadLetter { reason, detail } => {
-                    match ensure_terminal_event(&ctx.store, publisher, &env.id).await {
-                        Ok(()) => {
-                            let queue = ctx.names.jobs_queue(&ctx.pool);
-                            dead_letter(ctx, publisher, delivery, &queue, reason, &detail).await;
-                        }
-                        Err(err) => {
-                            tracing::warn!(%err, "completion event not durable; requeueing");
-                            requeue(delivery).await;
-                        }
+                End::Ack => match event {
+                    Ok(()) => ack(delivery).await,
+                    Err(err) => {
+                        tracing::warn!(%err, "completion event not durable; requeueing");
+                        requeue(delivery).await;
                     }
-                }
+                },
+                End::DeadLetter { reason, detail } => match event {
+                    Ok(()) => {
+                        let queue = ctx.names.jobs_queue(&ctx.pool);
+                        dead_letter(ctx, publisher, delivery, &queue, reason, &detail).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "completion event not durable; requeueing");
+                        requeue(delivery).await;
+                    }
+                },
             }
         }
         Ok(Finish::NotOwner) => {

@@ -7,7 +7,8 @@
 -- ARGV[8] error JSON stored when the job's deadline (field deadline_ms) passed before it started
 -- Returns {'missing'} | {'terminal', status, event_published}
 --       | {'leased', owner, remaining_ms} | {'exhausted', attempts}
---       | {'claimed', attempts, first_start(0|1)}
+--       | {'claimed', attempts, first_start(0|1), field1, value1, ...} (the whole record, so the
+--         worker needs no second round trip to read what it runs)
 -- 'exhausted' also hands the caller the lease, so that it alone ends the job as poison.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -18,7 +19,9 @@ local now = tonumber(ARGV[2])
 local owner = redis.call('HGET', KEYS[1], 'lease_owner')
 if owner == ARGV[1] and status == 'running' then
   -- Same delivery asking again (a lost reply): idempotent.
-  return {'claimed', redis.call('HGET', KEYS[1], 'attempts') or '0', '0'}
+  local r = {'claimed', redis.call('HGET', KEYS[1], 'attempts') or '0', '0'}
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(r, v) end
+  return r
 end
 local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until_ms') or '0')
 if owner and lease_until > now then
@@ -53,4 +56,6 @@ if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
 end
 redis.call('HDEL', KEYS[1], 'submitting')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {'claimed', tostring(attempts), first}
+local r = {'claimed', tostring(attempts), first}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(r, v) end
+return r

@@ -234,7 +234,7 @@ async fn s7_sigterm_finishes_the_running_job_and_exits_zero() {
         .start_worker(&["--concurrency", "1", "--grace-s", "60"])
         .await;
     let id = client
-        .submit(&sim(3000, None), None)
+        .submit(&sim(8000, None), None)
         .await
         .expect("submit")
         .response
@@ -254,7 +254,7 @@ async fn s7_sigterm_finishes_the_running_job_and_exits_zero() {
         .await
         .expect("later job");
     assert_eq!(later_job.status, JobStatus::Succeeded);
-    assert!(env.workers[draining].alive(), "still draining the 3 s job");
+    assert!(env.workers[draining].alive(), "still draining the 8 s job");
 
     let code = env.workers[draining]
         .wait_exit(Duration::from_secs(30))

@@ -235,6 +235,21 @@ impl Client {
         Ok(Self::check(resp).await?.json().await?)
     }
 
+    /// `POST /v1/jobs/{id}/deliveries/replay`: send the job's terminal event again.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 409 when the job has not ended or has no webhook.
+    pub async fn replay_event(&self, id: &str) -> Result<Value, ClientError> {
+        let id = job_id(id)?;
+        let resp = self
+            .http
+            .post(format!("{}/v1/jobs/{id}/deliveries/replay", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        Ok(Self::check(resp).await?.json().await?)
+    }
+
     /// `GET /v1/jobs/{id}/deliveries`: the webhook delivery log.
     ///
     /// # Errors

@@ -87,6 +87,23 @@ async fn job_result_and_signed_webhook_equal_the_job_resource() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["ok"], true);
     assert_eq!(log[0]["status"], 204);
+
+    // A replay sends the same event again, with the same webhook-id and body.
+    let replayed = client.replay_event(&id).await.expect("replay");
+    assert_eq!(
+        replayed["event_id"],
+        event_id(&id, EventType::Succeeded).as_str()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            receiver.hits_for(&id).len() == 2
+        })
+        .await
+    );
+    let hits = receiver.hits_for(&id);
+    assert_eq!(hits[1].webhook_id, hits[0].webhook_id);
+    assert!(hits[1].verified);
+    assert_eq!(hits[1].body, hits[0].body);
 }
 
 #[tokio::test]

@@ -297,6 +297,44 @@ pub async fn cancel(
     }
 }
 
+/// `POST /v1/jobs/{id}/deliveries/replay`: sends the job's terminal event again, with the same
+/// `webhook-id` (receivers deduplicate on it). `202` when queued for delivery; `409` when the
+/// job has not ended or has no webhook.
+pub async fn replay_event(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let stored = load_own(&st, &tenant, &id).await?;
+    let conflict = |m: &str| ApiError::new(StatusCode::CONFLICT, "no_event", m.to_owned());
+    let Some(event) = flotilla_shared::job::EventType::for_status(stored.job.status) else {
+        return Err(conflict(
+            "the job has not ended: it has no terminal event yet",
+        ));
+    };
+    if !stored.webhook.as_ref().is_some_and(|w| w.wants(event)) {
+        return Err(conflict(
+            "the job has no webhook subscribed to its terminal event",
+        ));
+    }
+    let publisher = st
+        .broker
+        .publisher()
+        .await
+        .map_err(|_| ApiError::unavailable("broker unavailable; try again"))?;
+    flotilla_shared::events::publish_event(st.store.names(), &publisher, &stored, event)
+        .await
+        .map_err(|_| ApiError::unavailable("broker did not confirm the event; try again"))?;
+    let event_id = flotilla_shared::job::event_id(&stored.job.id, event);
+    tracing::info!(job_id = %stored.job.id, %event_id, "event replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            serde_json::json!({"job_id": stored.job.id, "event_id": event_id, "type": event.as_str()}),
+        ),
+    ))
+}
+
 /// `GET /v1/jobs/{id}/deliveries`.
 pub async fn deliveries(
     State(st): State<Arc<AppState>>,

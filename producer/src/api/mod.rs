@@ -6,6 +6,7 @@
 //! | `GET /v1/jobs/{id}` | the job resource |
 //! | `POST /v1/jobs/{id}/cancel` | `200` canceled, `202` cancel requested of a running job, `409` already ended |
 //! | `GET /v1/jobs/{id}/deliveries` | the job's webhook delivery log |
+//! | `POST /v1/jobs/{id}/deliveries/replay` | send the terminal event again (same `webhook-id`) |
 //! | `GET /v1/models` | the model catalogue |
 //! | `/v1/admin/dlq...` | dead letters: list, show, replay, purge (admin tenants; see [`admin`]) |
 //! | `GET /healthz` | `200` while the process runs |
@@ -53,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/deliveries", get(jobs::deliveries))
+        .route("/v1/jobs/{id}/deliveries/replay", post(jobs::replay_event))
         .route("/v1/models", get(models))
         .route("/v1/admin/dlq", get(admin::list))
         .route("/v1/admin/dlq/purge", post(admin::purge))

@@ -179,6 +179,11 @@ impl DlqFilterArgs {
 
 #[derive(Debug, Subcommand)]
 enum WebhookAction {
+    /// Send a job's terminal event again (same webhook-id).
+    Replay {
+        /// Job id.
+        id: String,
+    },
     /// Verify a delivery's Standard Webhooks signature: exit 0 when valid, 1 with the reason.
     Verify {
         /// Signing secret `whsec_...`.
@@ -330,6 +335,15 @@ async fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             wait_and_print(&client, &submitted.response.id, *wait_timeout).await
+        }
+        Command::Webhook {
+            action: WebhookAction::Replay { id },
+        } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            print_result(client.replay_event(id).await)
         }
         Command::Webhook {
             action:

@@ -196,13 +196,8 @@ impl Client {
     /// [`ClientError::Api`] (404 for an unknown job or another tenant's), or a transport error.
     pub async fn get(&self, id: &str) -> Result<Job, ClientError> {
         let id = job_id(id)?;
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{id}", self.base))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await?;
-        Ok(Self::check(resp).await?.json().await?)
+        self.call(self.http.get(format!("{}/v1/jobs/{id}", self.base)))
+            .await
     }
 
     /// `GET /v1/jobs/{id}` as raw JSON (to compare with webhook bodies byte for value).
@@ -211,13 +206,8 @@ impl Client {
     /// As [`Self::get`].
     pub async fn get_raw(&self, id: &str) -> Result<Value, ClientError> {
         let id = job_id(id)?;
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{id}", self.base))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await?;
-        Ok(Self::check(resp).await?.json().await?)
+        self.call(self.http.get(format!("{}/v1/jobs/{id}", self.base)))
+            .await
     }
 
     /// `POST /v1/jobs/{id}/cancel`: the job as the API answered it.
@@ -226,13 +216,8 @@ impl Client {
     /// [`ClientError::Api`]: 404 unknown, 409 already ended.
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
         let id = job_id(id)?;
-        let resp = self
-            .http
-            .post(format!("{}/v1/jobs/{id}/cancel", self.base))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await?;
-        Ok(Self::check(resp).await?.json().await?)
+        self.call(self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)))
+            .await
     }
 
     /// `POST /v1/jobs/{id}/deliveries/replay`: send the job's terminal event again.
@@ -241,13 +226,11 @@ impl Client {
     /// [`ClientError::Api`]: 409 when the job has not ended or has no webhook.
     pub async fn replay_event(&self, id: &str) -> Result<Value, ClientError> {
         let id = job_id(id)?;
-        let resp = self
-            .http
-            .post(format!("{}/v1/jobs/{id}/deliveries/replay", self.base))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await?;
-        Ok(Self::check(resp).await?.json().await?)
+        self.call(
+            self.http
+                .post(format!("{}/v1/jobs/{id}/deliveries/replay", self.base)),
+        )
+        .await
     }
 
     /// `GET /v1/jobs/{id}/deliveries`: the webhook delivery log.
@@ -256,13 +239,12 @@ impl Client {
     /// As [`Self::get`].
     pub async fn deliveries(&self, id: &str) -> Result<Vec<Value>, ClientError> {
         let id = job_id(id)?;
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{id}/deliveries", self.base))
-            .bearer_auth(&self.api_key)
-            .send()
+        let body: Value = self
+            .call(
+                self.http
+                    .get(format!("{}/v1/jobs/{id}/deliveries", self.base)),
+            )
             .await?;
-        let body: Value = Self::check(resp).await?.json().await?;
         Ok(body
             .get("deliveries")
             .and_then(Value::as_array)
@@ -270,7 +252,11 @@ impl Client {
             .unwrap_or_default())
     }
 
-    async fn admin_call(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    /// Sends `req` with the API key and decodes a successful JSON answer.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let resp = req.bearer_auth(&self.api_key).send().await?;
         Ok(Self::check(resp).await?.json().await?)
     }
@@ -299,7 +285,7 @@ impl Client {
         }
         let url = reqwest::Url::parse_with_params(&format!("{}/v1/admin/dlq", self.base), &query)
             .map_err(|_| ClientError::InvalidUrl(self.base.clone()))?;
-        let v = self.admin_call(self.http.get(url)).await?;
+        let v: Value = self.call(self.http.get(url)).await?;
         Ok(v.get("entries")
             .and_then(Value::as_array)
             .cloned()
@@ -311,7 +297,7 @@ impl Client {
     /// # Errors
     /// As [`Self::dlq_list`]; 404 for an unknown entry.
     pub async fn dlq_show(&self, entry_id: &str) -> Result<Value, ClientError> {
-        self.admin_call(
+        self.call(
             self.http
                 .get(format!("{}/v1/admin/dlq/{entry_id}", self.base)),
         )
@@ -324,7 +310,7 @@ impl Client {
     /// As [`Self::dlq_show`]; 409 when the job cannot be replayed, 422 for a message that is
     /// not a job.
     pub async fn dlq_replay(&self, entry_id: &str) -> Result<Value, ClientError> {
-        self.admin_call(
+        self.call(
             self.http
                 .post(format!("{}/v1/admin/dlq/{entry_id}/replay", self.base)),
         )
@@ -336,7 +322,7 @@ impl Client {
     /// # Errors
     /// As [`Self::dlq_show`].
     pub async fn dlq_purge(&self, entry_id: &str) -> Result<Value, ClientError> {
-        self.admin_call(
+        self.call(
             self.http
                 .delete(format!("{}/v1/admin/dlq/{entry_id}", self.base)),
         )
@@ -351,7 +337,7 @@ impl Client {
         &self,
         filter: &flotilla_shared::dlq::DlqFilter,
     ) -> Result<Value, ClientError> {
-        self.admin_call(
+        self.call(
             self.http
                 .post(format!("{}/v1/admin/dlq/purge", self.base))
                 .json(filter),

@@ -317,11 +317,6 @@ impl Store {
         &self.names
     }
 
-    /// The lifetimes in use.
-    pub fn ttls(&self) -> StoreTtls {
-        self.ttls
-    }
-
     /// `PING`.
     ///
     /// # Errors

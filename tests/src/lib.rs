@@ -179,7 +179,6 @@ pub struct TestReceiver {
     /// Base URL (`http://127.0.0.1:port`).
     pub url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
-    fail_first: Arc<AtomicUsize>,
 }
 
 /// How a [`TestReceiver`] fails.
@@ -217,11 +216,7 @@ impl TestReceiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self {
-            url,
-            hits,
-            fail_first: fail,
-        }
+        Self { url, hits }
     }
 
     /// Webhook URL to give jobs.
@@ -240,11 +235,6 @@ impl TestReceiver {
             .into_iter()
             .filter(|h| h.body.pointer("/data/id").and_then(Value::as_str) == Some(job_id))
             .collect()
-    }
-
-    /// Failures still to answer.
-    pub fn failures_left(&self) -> usize {
-        self.fail_first.load(Ordering::SeqCst)
     }
 }
 

@@ -124,6 +124,25 @@ async fn s5_malformed_messages_are_dead_lettered_with_reasons() {
         .expect("dlq");
     assert_eq!(left.len(), 3);
     assert!(left.iter().all(|e| e.reason != "too_deep"));
+    // And one entry by id.
+    let one = client
+        .dlq_purge(&left[0].entry_id)
+        .await
+        .expect("purge one");
+    assert_eq!(one["purged"], 1);
+    assert_eq!(
+        env.store
+            .dlq_list(&Default::default(), 100)
+            .await
+            .expect("dlq")
+            .len(),
+        2
+    );
+    let gone = client
+        .dlq_show(&left[0].entry_id)
+        .await
+        .expect_err("purged");
+    assert_eq!(gone.status(), Some(reqwest::StatusCode::NOT_FOUND));
     assert!(env.workers[w].alive(), "the worker never restarts");
     assert!(
         eventually(Duration::from_secs(10), || async {

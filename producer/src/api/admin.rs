@@ -101,15 +101,20 @@ fn valid_entry_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The entry an admin call names: admin scope, a well-formed id, an existing entry.
+async fn admin_entry(st: &AppState, tenant: &str, entry_id: &str) -> Result<DlqEntry, ApiError> {
+    require_admin(st, tenant)?;
+    valid_entry_id(entry_id)?;
+    entry(st, entry_id).await
+}
+
 /// `GET /v1/admin/dlq/{entry_id}`.
 pub async fn show(
     State(st): State<Arc<AppState>>,
     AuthTenant(tenant): AuthTenant,
     Path(entry_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&st, &tenant)?;
-    valid_entry_id(&entry_id)?;
-    let e = entry(&st, &entry_id).await?;
+    let e = admin_entry(&st, &tenant, &entry_id).await?;
     let mut v = summary(&e);
     match String::from_utf8(e.body()) {
         Ok(text) => v["body"] = Value::String(text),
@@ -124,9 +129,7 @@ pub async fn replay(
     AuthTenant(tenant): AuthTenant,
     Path(entry_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&st, &tenant)?;
-    valid_entry_id(&entry_id)?;
-    let e = entry(&st, &entry_id).await?;
+    let e = admin_entry(&st, &tenant, &entry_id).await?;
     let body = e.body();
     let env: Envelope = serde_json::from_slice(&body).map_err(|err| {
         ApiError::invalid(format!(
@@ -207,9 +210,7 @@ pub async fn purge_one(
     AuthTenant(tenant): AuthTenant,
     Path(entry_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&st, &tenant)?;
-    valid_entry_id(&entry_id)?;
-    let e = entry(&st, &entry_id).await?;
+    let e = admin_entry(&st, &tenant, &entry_id).await?;
     purge_entry(&st, &e).await?;
     Ok(Json(json!({"purged": 1})))
 }

@@ -20,7 +20,6 @@ pub const COMPILED: [&str; 12] = [
 /// The detector over the configured languages (models preloaded).
 pub struct Langid {
     detector: LanguageDetector,
-    codes: Vec<String>,
 }
 
 impl Langid {
@@ -47,15 +46,7 @@ impl Langid {
         let detector = LanguageDetectorBuilder::from_languages(&languages)
             .with_preloaded_language_models()
             .build();
-        Ok(Self {
-            detector,
-            codes: codes.to_vec(),
-        })
-    }
-
-    /// The configured ISO 639-3 codes.
-    pub fn languages(&self) -> &[String] {
-        &self.codes
+        Ok(Self { detector })
     }
 
     /// Identifies `text`'s language (CPU-bound: call off the async executor).

@@ -10,6 +10,7 @@ use flotilla_producer::{
 };
 use flotilla_shared::{
     config::ConnArgs,
+    events::Events,
     shutdown::shutdown_signal,
     store::{Store, StoreTtls},
     telemetry,
@@ -56,12 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::connect(&args.conn.redis_url, names.clone(), ttls)
         .await
         .context("connecting to Redis")?;
-    let topology = Topology::new(
-        &names,
-        &config.jobs.pools,
-        &config.jobs.retry_tiers_s,
-        config.jobs.delivery_limit,
-    );
+    let topology = Topology::of(&names, &config);
     let broker = Arc::new(BrokerLink::new(
         args.conn.amqp_url.clone(),
         format!("flotilla-producer@{}", hostname()),
@@ -75,11 +71,13 @@ async fn main() -> anyhow::Result<()> {
         let broker = broker.clone();
         tokio::spawn(async move { broker.keep_alive(Duration::from_secs(2)).await })
     };
+    let events = Events::new(store.clone(), tenants.clone(), &config.webhooks);
     let state = Arc::new(AppState {
         store,
         broker: broker.clone(),
         tenants,
         config,
+        events,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

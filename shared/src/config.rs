@@ -201,39 +201,81 @@ impl Default for JobsConfig {
 }
 
 /// `[webhooks]`: delivery of completion events.
+///
+/// The retry schedule is durable: a failed attempt is parked in the events delay tiers
+/// (`<ns>.events.retry.<N>s`) until its next attempt is due, so a restart loses no retry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
-    /// Allow receivers on loopback/private/link-local addresses (local development, tests).
+    /// Allow receivers on any loopback/private/link-local address (local development).
     pub allow_private: bool,
+    /// Addresses or CIDR blocks allowed even though they are private, e.g. `["127.0.0.1/32"]`
+    /// (an explicit allow-list for development and tests; narrower than `allow_private`).
+    pub allow_addresses: Vec<ipnet::IpNet>,
     /// Allow `http://` receivers (otherwise `https://` only).
     pub allow_http: bool,
     /// TCP connect timeout, seconds.
     pub connect_timeout_s: u64,
     /// Whole-request timeout, seconds.
     pub timeout_s: u64,
-    /// In-process delivery attempts per event (the first try included).
-    pub max_attempts: u32,
-    /// First retry delay, milliseconds (doubles each time, with jitter).
-    pub min_backoff_ms: u64,
-    /// Longest retry delay, milliseconds.
-    pub max_backoff_ms: u64,
+    /// Delay before each attempt, seconds; its length is the number of attempts. Default (as
+    /// Svix): immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    pub schedule_s: Vec<u64>,
+    /// Relative jitter on each scheduled delay (0.2 = ±20%).
+    pub jitter: f64,
+    /// Longest `Retry-After` honoured, seconds (a longer one is clamped to this).
+    pub retry_after_max_s: u64,
+    /// Least wait after a 429 or a timeout, seconds.
+    pub throttle_floor_s: u64,
+    /// Delay tiers (seconds) that park events between attempts; a longer wait hops through
+    /// several tiers.
+    pub tiers_s: Vec<u64>,
     /// Concurrent deliveries per dispatcher (its prefetch).
     pub concurrency: u16,
+    /// Concurrent deliveries to one endpoint per dispatcher; further events for it are parked
+    /// for a second without counting an attempt, so other endpoints keep their share.
+    pub per_endpoint_concurrency: u16,
+    /// Bodies larger than this (bytes) carry a link to the job instead of its input and output.
+    pub max_payload_bytes: usize,
+    /// Base URL of the API as receivers reach it, for links in capped payloads (`""`: a
+    /// relative link `/v1/jobs/<id>`).
+    pub public_api_url: String,
+    /// How long a rotated-out endpoint secret still signs (both signatures are sent), seconds.
+    pub rotation_window_s: u64,
+    /// How long a process caches a tenant's endpoint list, milliseconds.
+    pub endpoint_cache_ms: u64,
 }
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
             allow_private: false,
+            allow_addresses: Vec::new(),
             allow_http: false,
             connect_timeout_s: 5,
             timeout_s: 15,
-            max_attempts: 6,
-            min_backoff_ms: 500,
-            max_backoff_ms: 30_000,
+            schedule_s: vec![0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000],
+            jitter: 0.2,
+            retry_after_max_s: 3600,
+            throttle_floor_s: 30,
+            tiers_s: vec![1, 5, 30, 300, 1800, 7200],
             concurrency: 64,
+            per_endpoint_concurrency: 8,
+            max_payload_bytes: 256 * 1024,
+            public_api_url: String::new(),
+            rotation_window_s: 86_400,
+            endpoint_cache_ms: 5000,
         }
+    }
+}
+
+impl WebhooksConfig {
+    /// Whether a webhook may go to `ip`: public addresses always; private ones only when
+    /// `allow_private` is set or an `allow_addresses` block contains it.
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_private
+            || !crate::webhook::is_private_ip(ip)
+            || self.allow_addresses.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -306,9 +348,34 @@ pub struct TenantConfig {
     /// Name of an env var holding the webhook signing secret.
     #[serde(default)]
     pub webhook_secret_env: Option<String>,
+    /// Name of an env var holding the secret being rotated out: while it is set, deliveries
+    /// carry a second signature made with it (remove it once receivers have the new secret).
+    #[serde(default)]
+    pub webhook_secret_previous_env: Option<String>,
     /// May use the admin API (`/v1/admin/...`: dead-letter queue inspection and replay).
     #[serde(default)]
     pub admin: bool,
+    /// Tenant-level webhook endpoints, `[[tenants.endpoints]]`: every event of the tenant's
+    /// jobs that passes an endpoint's filter goes to it (besides a job's own `webhook.url`).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// `[[tenants.endpoints]]`: an endpoint declared in the config file. Its enabled/disabled
+/// state lives in Redis (a `410 Gone` disables it; the API re-enables it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Id, 1-64 characters of `a-z0-9-_`, not starting with `ep_` or `url_` (API-made ids).
+    pub id: String,
+    /// Receiver URL.
+    pub url: String,
+    /// Event types sent to it; default: the terminal ones.
+    #[serde(default)]
+    pub events: Option<Vec<crate::job::EventType>>,
+    /// Name of an env var holding its own `whsec_` secret; default: the tenant's secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
 }
 
 impl fmt::Debug for TenantConfig {
@@ -328,8 +395,25 @@ pub struct Tenant {
     pub name: String,
     /// Signing secret for its webhooks, if it has one.
     pub webhook_secret: Option<WebhookSecret>,
+    /// Secret being rotated out (a second signature while configured).
+    pub previous_secret: Option<WebhookSecret>,
     /// May use the admin API.
     pub admin: bool,
+    /// Endpoints from the config file, secrets resolved.
+    pub endpoints: Vec<ConfiguredEndpoint>,
+}
+
+/// A `[[tenants.endpoints]]` entry with its secret resolved.
+#[derive(Debug, Clone)]
+pub struct ConfiguredEndpoint {
+    /// Endpoint id.
+    pub id: String,
+    /// Receiver URL.
+    pub url: String,
+    /// Event filter (default: terminal events).
+    pub events: Option<Vec<crate::job::EventType>>,
+    /// Its own secret, if it has one (else the tenant's).
+    pub secret: Option<WebhookSecret>,
 }
 
 impl FileConfig {
@@ -405,8 +489,20 @@ impl FileConfig {
         if j.default_timeout_s == 0 || j.default_timeout_s > j.max_timeout_s {
             return bad("jobs.default_timeout_s: between 1 and jobs.max_timeout_s");
         }
-        if self.webhooks.max_attempts == 0 || self.webhooks.concurrency == 0 {
-            return bad("webhooks.max_attempts and webhooks.concurrency: at least 1");
+        let w = &self.webhooks;
+        if w.schedule_s.is_empty() || w.concurrency == 0 || w.per_endpoint_concurrency == 0 {
+            return bad(
+                "webhooks.schedule_s: at least one entry; webhooks.concurrency and per_endpoint_concurrency: at least 1",
+            );
+        }
+        if w.tiers_s.is_empty() || w.tiers_s.contains(&0) {
+            return bad("webhooks.tiers_s: at least one tier, each at least 1 s");
+        }
+        if !(0.0..1.0).contains(&w.jitter) {
+            return bad("webhooks.jitter: at least 0 and below 1");
+        }
+        if w.max_payload_bytes < 1024 {
+            return bad("webhooks.max_payload_bytes: at least 1024");
         }
         if !(0.0..=1.0).contains(&self.models.sim.fail_rate) {
             return bad("models.sim.fail_rate: between 0 and 1");
@@ -442,6 +538,16 @@ impl FileConfig {
                     t.name
                 )));
             }
+            let mut ids = std::collections::HashSet::new();
+            for e in &t.endpoints {
+                let reserved = e.id.starts_with("ep_") || e.id.starts_with("url_");
+                if Names::new(&e.id).is_err() || reserved || !ids.insert(&e.id) {
+                    return Err(ConfigError(format!(
+                        "tenants.{}.endpoints: id {:?} must be unique, 1-64 characters of a-z, 0-9, '-', '_', and not start with ep_ or url_",
+                        t.name, e.id
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -469,10 +575,34 @@ impl FileConfig {
                 .map(|s| WebhookSecret::parse(&s))
                 .transpose()
                 .map_err(|e| ConfigError(format!("tenants.{}: webhook secret: {e}", t.name)))?;
+            let previous_secret = t
+                .webhook_secret_previous_env
+                .as_deref()
+                .map(|var| secret_from_env(&t.name, "webhook_secret_previous_env", var))
+                .transpose()?;
+            let endpoints = t
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let secret = e
+                        .secret_env
+                        .as_deref()
+                        .map(|var| secret_from_env(&t.name, "endpoints.secret_env", var))
+                        .transpose()?;
+                    Ok(ConfiguredEndpoint {
+                        id: e.id.clone(),
+                        url: e.url.clone(),
+                        events: e.events.clone(),
+                        secret,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
             let tenant = Tenant {
                 name: t.name.clone(),
                 webhook_secret,
+                previous_secret,
                 admin: t.admin,
+                endpoints,
             };
             for h in &t.api_key_sha256 {
                 by_hash.insert(h.to_ascii_lowercase(), t.name.clone());
@@ -481,6 +611,15 @@ impl FileConfig {
         }
         Ok(TenantIndex { by_hash, by_name })
     }
+}
+
+/// Reads and parses a `whsec_` secret from env var `var` (messages never contain the secret).
+fn secret_from_env(tenant: &str, setting: &str, var: &str) -> Result<WebhookSecret, ConfigError> {
+    let raw = std::env::var(var).map_err(|_| {
+        ConfigError(format!("tenants.{tenant}: env var {var} ({setting}) is not set"))
+    })?;
+    WebhookSecret::parse(&raw)
+        .map_err(|e| ConfigError(format!("tenants.{tenant}: {setting}: {e}")))
 }
 
 /// Tenants by API-key hash and by name.

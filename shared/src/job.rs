@@ -239,6 +239,40 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     /// Per-stage timings.
     pub timings: Timings,
+    /// Final outcome of the job's webhook deliveries, once there is one: `delivered`, or
+    /// `failed` after an endpoint's last attempt (or a disabled endpoint). Absent before, and
+    /// for jobs without webhooks. The result stays queryable either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_status: Option<WebhookStatus>,
+}
+
+/// Final outcome of a job's webhook deliveries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    /// A receiver answered 2xx.
+    Delivered,
+    /// An endpoint's attempts ran out, it answered `410 Gone`, or it is disabled.
+    Failed,
+}
+
+impl WebhookStatus {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delivered" => Some(Self::Delivered),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
 }
 
 /// Body of a job message on `<ns>.jobs.<pool>` (`DESIGN.md` "Wire envelope").

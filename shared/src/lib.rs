@@ -8,7 +8,8 @@
 //! - [`amqp`]: connecting to the broker and publishing with publisher confirms.
 //! - [`dlq`]: dead-letter entries kept in Redis for inspection and replay.
 //! - [`store`]: the Redis job store and its atomic (Lua) state transitions.
-//! - [`events`]: completion events published for the webhook dispatcher.
+//! - [`events`]: job events published for the webhook dispatcher.
+//! - [`endpoints`]: tenant webhook endpoints, their state, and the failed-delivery index.
 //! - [`webhook`]: Standard Webhooks signing and verification.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
@@ -19,6 +20,7 @@ pub mod amqp;
 pub mod catalog;
 pub mod config;
 pub mod dlq;
+pub mod endpoints;
 pub mod events;
 pub mod job;
 pub mod names;

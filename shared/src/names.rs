@@ -20,6 +20,14 @@ pub const HEADER_TENANT: &str = "x-flotilla-tenant";
 pub const HEADER_WEBHOOK_URL: &str = "x-flotilla-webhook-url";
 /// Header with the job id on event messages.
 pub const HEADER_JOB_ID: &str = "x-flotilla-job-id";
+/// Header with the event type (`job.succeeded`...) on event messages.
+pub const HEADER_EVENT_TYPE: &str = "x-flotilla-event-type";
+/// Header naming the one endpoint an event message is for (`job` = the job's own
+/// `webhook.url`, else an endpoint id); absent on a fresh event, which goes to every
+/// subscribed endpoint.
+pub const HEADER_ENDPOINT: &str = "x-flotilla-endpoint";
+/// Header with the earliest instant (Unix ms) an event's next attempt may be made.
+pub const HEADER_NOT_BEFORE: &str = "x-flotilla-not-before-ms";
 
 /// Names under one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +93,28 @@ impl Names {
     /// Queue of completion events for the webhook dispatcher.
     pub fn events_queue(&self) -> String {
         format!("{}.events", self.ns)
+    }
+
+    /// Fanout exchange in front of [`Self::events_queue`] (same name; event delay tiers
+    /// dead-letter into it).
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.ns)
+    }
+
+    /// Delay tier of `delay_s` seconds for events (fanout exchange and queue share the name).
+    pub fn events_tier(&self, delay_s: u64) -> String {
+        format!("{}.events.retry.{delay_s}s", self.ns)
+    }
+
+    /// Redis hash of a tenant's webhook endpoints: field `<id>` = endpoint JSON, field
+    /// `<id>:disabled` = why and when it was disabled.
+    pub fn endpoints_key(&self, tenant: &str) -> String {
+        format!("{}:endpoints:{tenant}", self.ns)
+    }
+
+    /// Redis sorted set of a tenant's failed deliveries (score = Unix ms), for replay.
+    pub fn failed_deliveries_key(&self, tenant: &str) -> String {
+        format!("{}:webhooks-failed:{tenant}", self.ns)
     }
 
     /// Redis hash of one job; the `{id}` hash tag keeps a job's keys in one cluster slot.

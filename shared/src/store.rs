@@ -6,7 +6,7 @@
 //!
 //! Job hash fields: `id tenant model status input params webhook metadata created_at deadline
 //! timeout_s attempts started_at completed_at output error usage timings lease_owner
-//! lease_until_ms event_published submitting body_hash idempotency_key`.
+//! lease_until_ms event_published webhook_status submitting body_hash idempotency_key`.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -15,7 +15,7 @@ use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use serde_json::Value;
 
 use crate::{
-    job::{Envelope, Job, JobError, JobStatus, Timings, WebhookSpec},
+    job::{Envelope, Job, JobError, JobStatus, Timings, WebhookSpec, WebhookStatus},
     names::Names,
 };
 
@@ -234,7 +234,7 @@ struct Scripts {
     renew: Script,
     submission: Script,
     release_idempotency: Script,
-    mark_event: Script,
+    set_if_exists: Script,
     cancel: Script,
     reopen: Script,
 }
@@ -300,7 +300,7 @@ impl Store {
                 renew: Script::new(include_str!("lua/renew.lua")),
                 submission: Script::new(include_str!("lua/submission.lua")),
                 release_idempotency: Script::new(include_str!("lua/release_idempotency.lua")),
-                mark_event: Script::new(include_str!("lua/mark_event.lua")),
+                set_if_exists: Script::new(include_str!("lua/set_if_exists.lua")),
                 cancel: Script::new(include_str!("lua/cancel.lua")),
                 reopen: Script::new(include_str!("lua/reopen.lua")),
             }),
@@ -698,11 +698,25 @@ impl Store {
     /// # Errors
     /// [`StoreError`] from Redis.
     pub async fn mark_event_published(&self, id: &str) -> StoreResult<()> {
+        self.set_if_exists(id, "event_published", "1").await
+    }
+
+    /// Records the final outcome of `id`'s webhook deliveries (shown as `webhook_status`).
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn set_webhook_status(&self, id: &str, status: WebhookStatus) -> StoreResult<()> {
+        self.set_if_exists(id, "webhook_status", status.as_str()).await
+    }
+
+    async fn set_if_exists(&self, id: &str, field: &str, value: &str) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = self
             .scripts
-            .mark_event
+            .set_if_exists
             .key(self.names.job_key(id))
+            .arg(field)
+            .arg(value)
             .invoke_async(&mut c)
             .await?;
         Ok(())
@@ -839,6 +853,7 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         started_at: time("started_at")?,
         completed_at: time("completed_at")?,
         timings,
+        webhook_status: text("webhook_status").and_then(WebhookStatus::parse),
     };
     Ok(StoredJob {
         job,

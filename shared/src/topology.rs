@@ -6,7 +6,8 @@
 //! | `<ns>.jobs.<pool>` | quorum queue | `x-delivery-limit`, DLX `<ns>.dlx`, at-least-once dead-lettering |
 //! | `<ns>.retry.<N>s` | fanout exchange + quorum queue | `x-message-ttl`, dead-letters back to `<ns>.jobs` (at-least-once) keeping the pool routing key |
 //! | `<ns>.dlx` / `<ns>.dlq` | fanout exchange / quorum queue | dead letters, kept for inspection and replay |
-//! | `<ns>.events` | quorum queue | completion events for the webhook dispatcher |
+//! | `<ns>.events` | fanout exchange + quorum queue | completion events for the webhook dispatcher |
+//! | `<ns>.events.retry.<N>s` | fanout exchange + quorum queue | `x-message-ttl`, dead-letters back to `<ns>.events`: an event waiting for its next attempt |
 //!
 //! Retry tiers are quorum queues with at-least-once dead-lettering (RabbitMQ ≥ 3.10, which
 //! needs `x-overflow: reject-publish`). Classic queues dead-letter at-most-once: messages whose
@@ -74,9 +75,29 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The topology of `names` for `pools`, with retry tiers of `tiers_s` seconds and a
-    /// quorum-queue `x-delivery-limit` of `delivery_limit`.
-    pub fn new(names: &Names, pools: &[String], tiers_s: &[u64], delivery_limit: u32) -> Self {
+    /// The topology a config file describes: its pools, job and event delay tiers and
+    /// delivery limit.
+    pub fn of(names: &Names, cfg: &crate::config::FileConfig) -> Self {
+        let j = &cfg.jobs;
+        Self::new(
+            names,
+            &j.pools,
+            &j.retry_tiers_s,
+            &cfg.webhooks.tiers_s,
+            j.delivery_limit,
+        )
+    }
+
+    /// The topology of `names` for `pools`, with job retry tiers of `tiers_s` seconds, event
+    /// delay tiers of `event_tiers_s` seconds and a quorum-queue `x-delivery-limit` of
+    /// `delivery_limit`.
+    pub fn new(
+        names: &Names,
+        pools: &[String],
+        tiers_s: &[u64],
+        event_tiers_s: &[u64],
+        delivery_limit: u32,
+    ) -> Self {
         let mut exchanges = vec![
             ExchangeSpec {
                 name: names.jobs_exchange(),
@@ -107,11 +128,22 @@ impl Topology {
                 ],
             },
         ];
-        let mut bindings = vec![BindingSpec {
-            queue: names.dlq(),
-            exchange: names.dlx(),
-            routing_key: String::new(),
-        }];
+        let mut bindings = vec![
+            BindingSpec {
+                queue: names.dlq(),
+                exchange: names.dlx(),
+                routing_key: String::new(),
+            },
+            BindingSpec {
+                queue: names.events_queue(),
+                exchange: names.events_exchange(),
+                routing_key: String::new(),
+            },
+        ];
+        exchanges.push(ExchangeSpec {
+            name: names.events_exchange(),
+            kind: ExchangeKind::Fanout,
+        });
         for pool in pools {
             queues.push(QueueSpec {
                 name: names.jobs_queue(pool),
@@ -132,8 +164,15 @@ impl Topology {
                 routing_key: pool.clone(),
             });
         }
-        for &delay in tiers_s {
-            let name = names.retry_tier(delay);
+        let tiers = tiers_s
+            .iter()
+            .map(|&d| (names.retry_tier(d), d, names.jobs_exchange()))
+            .chain(
+                event_tiers_s
+                    .iter()
+                    .map(|&d| (names.events_tier(d), d, names.events_exchange())),
+            );
+        for (name, delay, back_to) in tiers {
             exchanges.push(ExchangeSpec {
                 name: name.clone(),
                 kind: ExchangeKind::Fanout,
@@ -146,10 +185,7 @@ impl Topology {
                         "x-message-ttl",
                         QueueArg::Int(delay.saturating_mul(1000) as i64),
                     ),
-                    (
-                        "x-dead-letter-exchange",
-                        QueueArg::Str(names.jobs_exchange()),
-                    ),
+                    ("x-dead-letter-exchange", QueueArg::Str(back_to)),
                     (
                         "x-dead-letter-strategy",
                         QueueArg::Str("at-least-once".into()),
@@ -254,7 +290,7 @@ mod tests {
     #[test]
     fn one_quorum_queue_per_pool_with_a_delivery_limit() {
         let names = Names::new("t").unwrap();
-        let topo = Topology::new(&names, &["default".into(), "gpu".into()], &[1, 5], 20);
+        let topo = Topology::new(&names, &["default".into(), "gpu".into()], &[1, 5], &[1, 30], 20);
         let gpu = topo.queues.iter().find(|q| q.name == "t.jobs.gpu").unwrap();
         assert!(gpu.args.contains(&("x-delivery-limit", QueueArg::Int(20))));
         assert!(gpu
@@ -269,5 +305,17 @@ mod tests {
             .bindings
             .iter()
             .any(|b| b.queue == "t.jobs.gpu" && b.exchange == "t.jobs" && b.routing_key == "gpu"));
+        let event_tier = topo
+            .queues
+            .iter()
+            .find(|q| q.name == "t.events.retry.30s")
+            .unwrap();
+        assert!(event_tier
+            .args
+            .contains(&("x-dead-letter-exchange", QueueArg::Str("t.events".into()))));
+        assert!(topo
+            .bindings
+            .iter()
+            .any(|b| b.queue == "t.events" && b.exchange == "t.events"));
     }
 }

@@ -130,6 +130,50 @@ impl WebhookSecret {
     }
 }
 
+/// The address a URL names literally, if it does (bracketed IPv6 included). The WHATWG URL
+/// parser has already turned decimal, hex, octal and short IPv4 forms (`2130706433`,
+/// `0x7f000001`, `0177.0.0.1`, `127.1`) into the address they name.
+pub fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Checks a webhook URL's form against `cfg`: `https` (or `http` when allowed), no
+/// credentials, a host, and — unless the config permits it — no private address literal
+/// (in any IPv4 notation) and no `localhost` name. Resolution-time checks are the
+/// dispatcher's.
+///
+/// # Errors
+/// A message naming what is refused (the URL's own text is not repeated).
+pub fn check_url(url: &str, cfg: &crate::config::WebhooksConfig) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if cfg.allow_http => {}
+        "http" => return Err("http is not allowed here; use https".into()),
+        other => return Err(format!("scheme {other:?} is not allowed")),
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("credentials in the URL are not allowed".into());
+    }
+    let host = parsed.host_str().ok_or("no host")?;
+    let refused = match literal_ip(&parsed) {
+        Some(ip) => !cfg.permits(ip),
+        None => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            !cfg.allow_private
+                && (name == "localhost" || name.ends_with(".localhost") || name.starts_with("ip6-"))
+        }
+    };
+    if refused {
+        return Err("private, loopback and link-local hosts are not allowed (SSRF guard)".into());
+    }
+    Ok(parsed)
+}
+
 /// Whether a webhook must not be sent to `ip`: loopback, private (RFC 1918), link-local
 /// (including the 169.254.169.254 metadata address), CGNAT (100.64/10), benchmarking
 /// (198.18/15), documentation and IETF ranges, reserved 240/4, unspecified, multicast,
@@ -171,8 +215,8 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
             if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
                 return is_private_ip(embedded(s[6], s[7]));
             }
-            // NAT64 64:ff9b::/96
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+            // NAT64 64:ff9b::/96 and the local-use 64:ff9b:1::/48
+            if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
                 return is_private_ip(embedded(s[6], s[7]));
             }
             // 6to4 2002:AABB:CCDD::/48
@@ -192,6 +236,66 @@ pub fn is_private_ip(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::WebhooksConfig;
+
+    #[test]
+    fn every_notation_of_a_private_address_is_refused() {
+        let cfg = WebhooksConfig {
+            allow_http: true,
+            ..WebhooksConfig::default()
+        };
+        for url in [
+            "http://127.0.0.1/h",
+            "http://2130706433/h",
+            "http://0x7f000001/h",
+            "http://0x7f.0.0.1/h",
+            "http://0177.0.0.1/h",
+            "http://127.1/h",
+            "http://127.0.1/h",
+            "http://0/h",
+            "http://10.1.2.3/h",
+            "http://167772161/h",
+            "http://169.254.169.254/latest/meta-data",
+            "http://2852039166/latest",
+            "http://100.64.0.1/h",
+            "http://[::1]/h",
+            "http://[::]/h",
+            "http://[::ffff:127.0.0.1]/h",
+            "http://[::ffff:7f00:1]/h",
+            "http://[::127.0.0.1]/h",
+            "http://[64:ff9b::a9fe:a9fe]/h",
+            "http://[64:ff9b:1::a00:1]/h",
+            "http://[2002:7f00:1::]/h",
+            "http://[fd00:ec2::254]/h",
+            "http://[fe80::1]/h",
+            "http://224.0.0.1/h",
+            "http://localhost/h",
+            "http://app.localhost./h",
+        ] {
+            let err = check_url(url, &cfg).expect_err(url);
+            assert!(err.contains("SSRF"), "{url}: {err}");
+        }
+        assert!(check_url("http://93.184.215.14/h", &cfg).is_ok());
+        assert!(check_url("https://example.com/h", &cfg).is_ok());
+        assert!(check_url("https://user:pw@example.com/h", &cfg).is_err());
+        assert!(check_url("ftp://example.com/h", &cfg).is_err());
+        let https_only = WebhooksConfig::default();
+        assert!(check_url("http://example.com/h", &https_only).is_err());
+    }
+
+    #[test]
+    fn the_allow_list_admits_exactly_its_blocks() {
+        let cfg = WebhooksConfig {
+            allow_http: true,
+            allow_addresses: vec!["127.0.0.1/32".parse().unwrap()],
+            ..WebhooksConfig::default()
+        };
+        assert!(check_url("http://127.0.0.1:9/h", &cfg).is_ok());
+        assert!(check_url("http://2130706433:9/h", &cfg).is_ok());
+        assert!(check_url("http://127.0.0.2/h", &cfg).is_err());
+        assert!(check_url("http://10.0.0.1/h", &cfg).is_err());
+        assert!(check_url("http://localhost/h", &cfg).is_err());
+    }
 
     // Published test vector of the Standard Webhooks reference libraries.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -165,27 +165,78 @@ impl Proc {
 pub struct Hit {
     /// `webhook-id`.
     pub webhook_id: String,
-    /// Signature verified with the tenant's secret.
+    /// Signature verified with the receiver's secret.
     pub verified: bool,
     /// Parsed body.
     pub body: Value,
     /// Status the receiver answered.
     pub answered: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
+    /// Raw `webhook-timestamp` header.
+    pub timestamp: String,
+    /// Raw `webhook-signature` header (several space-separated entries during a rotation).
+    pub signature: String,
+    /// Raw body bytes (to verify with another secret).
+    pub raw: Bytes,
 }
 
-/// An in-process webhook receiver that can fail the first N deliveries.
+impl Hit {
+    /// Whether `secret` (a `whsec_` string) verifies this delivery.
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        WebhookSecret::parse(secret).is_ok_and(|s| {
+            s.verify(
+                &self.webhook_id,
+                &self.timestamp,
+                &self.signature,
+                &self.raw,
+                chrono_now(),
+                300,
+            )
+            .is_ok()
+        })
+    }
+}
+
+/// What a [`TestReceiver`] answers once its scripted failures are used up.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After` header value, if any.
+    pub retry_after: Option<String>,
+    /// How long to take before answering.
+    pub delay: Duration,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Self {
+            status: 204,
+            retry_after: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// An in-process webhook receiver: can fail the first N deliveries or a random share, and
+/// answer any status, `Retry-After` and delay (changeable while it runs); records every
+/// request and the most requests it ever served at once.
 #[derive(Clone)]
 pub struct TestReceiver {
     /// Base URL (`http://127.0.0.1:port`).
     pub url: String,
-    hits: Arc<Mutex<Vec<Hit>>>,
+    ctl: Arc<RecvCtl>,
 }
 
-/// How a [`TestReceiver`] fails.
-#[derive(Debug, Clone, Copy)]
-struct FailPolicy {
-    /// Fail this share of all deliveries at random (0..=1), as permille.
+struct RecvCtl {
+    secret: WebhookSecret,
+    hits: Mutex<Vec<Hit>>,
+    fail_first: AtomicUsize,
     random_permille: u32,
+    reply: Mutex<Reply>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl TestReceiver {
@@ -197,18 +248,27 @@ impl TestReceiver {
     /// Starts a receiver answering 503 to the first `fail_first` deliveries and then to a
     /// random `fail_rate` share of them.
     pub async fn start_with(fail_first: usize, fail_rate: f64) -> Self {
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let fail = Arc::new(AtomicUsize::new(fail_first));
-        let secret = WebhookSecret::parse(ALPHA_SECRET).expect("secret");
-        let policy = FailPolicy {
+        Self::start_full(ALPHA_SECRET, fail_first, fail_rate, Reply::default()).await
+    }
+
+    /// Starts a receiver that verifies with `secret` and answers `reply`.
+    pub async fn start_replying(secret: &str, reply: Reply) -> Self {
+        Self::start_full(secret, 0, 0.0, reply).await
+    }
+
+    async fn start_full(secret: &str, fail_first: usize, fail_rate: f64, reply: Reply) -> Self {
+        let ctl = Arc::new(RecvCtl {
+            secret: WebhookSecret::parse(secret).expect("secret"),
+            hits: Mutex::new(Vec::new()),
+            fail_first: AtomicUsize::new(fail_first),
             random_permille: (fail_rate.clamp(0.0, 1.0) * 1000.0) as u32,
-        };
-        let app = Router::new().route("/webhooks", post(receive)).with_state((
-            secret,
-            hits.clone(),
-            fail.clone(),
-            policy,
-        ));
+            reply: Mutex::new(reply),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/webhooks", post(receive))
+            .with_state(ctl.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -216,7 +276,7 @@ impl TestReceiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, hits }
+        Self { url, ctl }
     }
 
     /// Webhook URL to give jobs.
@@ -224,9 +284,19 @@ impl TestReceiver {
         format!("{}/webhooks", self.url)
     }
 
+    /// Changes what the receiver answers from now on.
+    pub fn set_reply(&self, reply: Reply) {
+        *self.ctl.reply.lock().expect("reply") = reply;
+    }
+
+    /// The most requests it served at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.ctl.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Every delivery so far.
     pub fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().expect("hits").clone()
+        self.ctl.hits.lock().expect("hits").clone()
     }
 
     /// Deliveries of one job.
@@ -236,20 +306,26 @@ impl TestReceiver {
             .filter(|h| h.body.pointer("/data/id").and_then(Value::as_str) == Some(job_id))
             .collect()
     }
+
+    /// Distinct `webhook-id`s answered with a 2xx.
+    pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
+        self.hits()
+            .into_iter()
+            .filter(|h| (200..300).contains(&h.answered))
+            .map(|h| h.webhook_id)
+            .collect()
+    }
 }
 
-type RecvState = (
-    WebhookSecret,
-    Arc<Mutex<Vec<Hit>>>,
-    Arc<AtomicUsize>,
-    FailPolicy,
-);
-
 async fn receive(
-    State((secret, hits, fail, policy)): State<RecvState>,
+    State(ctl): State<Arc<RecvCtl>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let at = std::time::Instant::now();
+    let now = ctl.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    ctl.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let h = |n: &str| {
         headers
             .get(n)
@@ -257,7 +333,8 @@ async fn receive(
             .unwrap_or_default()
             .to_owned()
     };
-    let verified = secret
+    let verified = ctl
+        .secret
         .verify(
             &h(HEADER_ID),
             &h(HEADER_TIMESTAMP),
@@ -267,22 +344,38 @@ async fn receive(
             300,
         )
         .is_ok();
-    let failing = fail
+    let failing = ctl
+        .fail_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
-        || (policy.random_permille > 0 && random_below(1000) < policy.random_permille);
+        || (ctl.random_permille > 0 && random_below(1000) < ctl.random_permille);
+    let reply = ctl.reply.lock().expect("reply").clone();
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
-        StatusCode::NO_CONTENT
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     };
-    hits.lock().expect("hits").push(Hit {
+    ctl.hits.lock().expect("hits").push(Hit {
         webhook_id: h(HEADER_ID),
         verified,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         answered: status.as_u16(),
+        at,
+        timestamp: h(HEADER_TIMESTAMP),
+        signature: h(HEADER_SIGNATURE),
+        raw: body,
     });
-    status
+    ctl.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let mut resp = status.into_response();
+    if let (false, Some(ra)) = (failing, reply.retry_after) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&ra) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+    }
+    resp
 }
 
 /// A random number below `n`, for fault injection.
@@ -320,7 +413,8 @@ impl Default for EnvOptions {
             redis_url: None,
             jobs_toml: "lease_s = 3\nretry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n".into(),
             sim_toml: String::new(),
-            webhooks_toml: "min_backoff_ms = 50\nmax_backoff_ms = 400\nmax_attempts = 6\n".into(),
+            webhooks_toml: "schedule_s = [0, 1, 1, 1, 1, 1]\ntiers_s = [1, 5]\nendpoint_cache_ms = 0\n"
+                .into(),
         }
     }
 }
@@ -438,12 +532,7 @@ impl TestEnv {
             .await
             .expect("rabbitmq at FLOTILLA_AMQP_URL (make test starts it)");
         let channel = amqp.create_channel().await.expect("channel");
-        Topology::new(
-            &names,
-            &config.jobs.pools,
-            &config.jobs.retry_tiers_s,
-            config.jobs.delivery_limit,
-        )
+        Topology::of(&names, &config)
         .declare(&channel)
         .await
         .expect("declare topology");
@@ -642,12 +731,7 @@ impl Drop for TestEnv {
                     flotilla_shared::amqp::connect(&amqp, "flotilla-tests-cleanup").await
                 {
                     if let Ok(ch) = conn.create_channel().await {
-                        let topo = Topology::new(
-                            &names,
-                            &config.jobs.pools,
-                            &config.jobs.retry_tiers_s,
-                            config.jobs.delivery_limit,
-                        );
+                        let topo = Topology::of(&names, &config);
                         let _ = topo.delete(&ch).await;
                     }
                     let _ = conn.close(200, "cleanup".into()).await;

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use flotilla_shared::{
     amqp::{header_i64, header_str, Publisher},
     dlq::DlqEntry,
-    events::ensure_terminal_event,
     job::{ErrorKind, JobError, JobStatus, Timings},
-    names::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE},
+    names::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_JOB_ID, HEADER_TENANT},
     store::Outcome,
 };
 use lapin::message::Delivery;
@@ -53,7 +52,14 @@ pub async fn handle(
             .map(|s| s.as_str().to_owned())
             .filter(|s| !s.is_empty())
     });
-    entry.tenant = env.as_ref().map(|e| e.tenant.clone());
+    // An event message names its job and tenant in headers.
+    if let Some(job_id) = header_str(props, HEADER_JOB_ID) {
+        entry.job_id = Some(job_id);
+    }
+    entry.tenant = env
+        .as_ref()
+        .map(|e| e.tenant.clone())
+        .or_else(|| header_str(props, HEADER_TENANT));
     entry.model = env.as_ref().map(|e| e.model.clone());
 
     let from_jobs_queue = source.starts_with(&format!("{}.", ctx.names.jobs_exchange()));
@@ -81,7 +87,7 @@ pub async fn handle(
             requeue(&delivery).await;
             return;
         }
-        if let Err(err) = ensure_terminal_event(&ctx.store, &publisher, &env.id).await {
+        if let Err(err) = ctx.events.ensure_terminal(&publisher, &env.id).await {
             tracing::warn!(%err, "job.failed event not durable; requeueing the dead letter");
             requeue(&delivery).await;
             return;

@@ -10,7 +10,6 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use flotilla_shared::{
     amqp::Publisher,
-    events::{ensure_event_of, ensure_terminal_event, publish_event},
     job::{Envelope, ErrorKind, EventType, JobError, JobStatus, Timings},
     store::{Claim, Finish, Outcome, Renewal},
 };
@@ -136,13 +135,12 @@ async fn process(
     let (attempts, first_start, stored) = attempts;
     // Run what the record says, not what the message carries.
     let env = &stored.to_envelope();
-    if first_start
-        && env
-            .webhook
-            .as_ref()
-            .is_some_and(|w| w.wants(EventType::Started))
-    {
-        if let Err(err) = publish_event(&ctx.names, publisher, &stored, EventType::Started).await {
+    if first_start && ctx.events.wanted(&stored, EventType::Started).await {
+        if let Err(err) = ctx
+            .events
+            .publish(publisher, &stored, EventType::Started, None)
+            .await
+        {
             tracing::warn!(%err, "job.started event not published");
         }
     }
@@ -313,8 +311,8 @@ async fn finish(
             tracing::info!(status = outcome.status.as_str(), "job finished");
             // The finish script returns the record: no second read for the event.
             let event = match &finished {
-                Finish::Done(stored) => ensure_event_of(&ctx.store, publisher, stored).await,
-                _ => ensure_terminal_event(&ctx.store, publisher, &env.id).await,
+                Finish::Done(stored) => ctx.events.ensure_of(publisher, stored).await,
+                _ => ctx.events.ensure_terminal(publisher, &env.id).await,
             };
             match end {
                 End::Ack => match event {
@@ -357,7 +355,7 @@ async fn finish(
 /// For a terminal job: publish its event if it is wanted and not yet durable, then ack; if
 /// the event cannot be made durable, requeue so a later delivery tries again.
 async fn end_after_terminal(ctx: &Ctx, publisher: &Publisher, delivery: &Delivery, id: &str) {
-    match ensure_terminal_event(&ctx.store, publisher, id).await {
+    match ctx.events.ensure_terminal(publisher, id).await {
         Ok(()) => ack(delivery).await,
         Err(err) => {
             tracing::warn!(%err, "completion event not durable; requeueing");

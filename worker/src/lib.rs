@@ -33,7 +33,12 @@ use flotilla_shared::{
     store::{Store, StoreError},
 };
 
-use crate::{pipeline::Pipeline, webhook::client::WebhookClient};
+use flotilla_shared::events::Events;
+
+use crate::{
+    pipeline::Pipeline,
+    webhook::{client::WebhookClient, dispatch::EndpointLimits},
+};
 
 /// Which consumers a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +85,10 @@ pub struct Ctx {
     pub pipeline: Pipeline,
     /// Webhook HTTP client.
     pub webhooks: WebhookClient,
+    /// Event publishing and the tenant endpoint cache.
+    pub events: Events,
+    /// Per-endpoint caps on concurrent deliveries.
+    pub limits: EndpointLimits,
     /// This process's id (prefix of every lease owner).
     pub worker_id: String,
     /// The pool this worker consumes.

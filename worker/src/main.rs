@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use flotilla_shared::{
     config::ConnArgs,
+    events::Events,
     shutdown::shutdown_signal,
     store::{Store, StoreTtls},
     telemetry,
@@ -15,7 +16,7 @@ use flotilla_worker::{
     models::Models,
     pipeline::Pipeline,
     session::{self, SessionSettings},
-    webhook::client::WebhookClient,
+    webhook::{client::WebhookClient, dispatch::EndpointLimits},
     Ctx, Health, Roles,
 };
 use tokio_util::sync::CancellationToken;
@@ -115,9 +116,13 @@ async fn main() -> anyhow::Result<()> {
         format!("{host}-{}", std::process::id())
     });
     let health = Arc::new(Health::default());
+    let events = Events::new(store.clone(), tenants.clone(), &config.webhooks);
+    let limits = EndpointLimits::new(config.webhooks.per_endpoint_concurrency);
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         names,
+        events,
+        limits,
         config,
         tenants,
         pipeline: Pipeline::new(models),

@@ -131,8 +131,7 @@ async fn open(ctx: &Ctx, s: &SessionSettings) -> Result<Session, lapin::Error> {
         Duration::from_millis(ctx.config.jobs.confirm_timeout_ms),
     )
     .await?;
-    let j = &ctx.config.jobs;
-    Topology::new(&ctx.names, &j.pools, &j.retry_tiers_s, j.delivery_limit)
+    Topology::of(&ctx.names, &ctx.config)
         .declare(publisher.channel())
         .await?;
     let mut consumers = Vec::new();

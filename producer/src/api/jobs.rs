@@ -11,7 +11,6 @@ use axum::{
 use chrono::Utc;
 use flotilla_shared::{
     amqp::{headers, json_properties},
-    events::ensure_terminal_event,
     job::{
         canonical_json, Envelope, Job, JobRequest, JobStatus, JobUrls, SubmitResponse,
         ENVELOPE_VERSION,
@@ -41,11 +40,11 @@ fn submit_response(
     }
 }
 
-fn parse_body(
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     headers: &HeaderMap,
     limit: usize,
-) -> Result<JobRequest, ApiError> {
+) -> Result<T, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         let mime = ct.split(';').next().unwrap_or_default().trim();
@@ -96,7 +95,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
-    let req = parse_body(body, &headers, st.config.jobs.max_body_bytes)?;
+    let req: JobRequest = parse_body(body, &headers, st.config.jobs.max_body_bytes)?;
     let has_secret = st
         .tenants
         .get(&tenant)
@@ -233,7 +232,7 @@ async fn publish(st: &AppState, env: &Envelope) -> Result<(), flotilla_shared::a
         .await
 }
 
-async fn load_own(st: &AppState, tenant: &str, id: &str) -> Result<StoredJob, ApiError> {
+pub(crate) async fn load_own(st: &AppState, tenant: &str, id: &str) -> Result<StoredJob, ApiError> {
     let not_found = || ApiError::not_found(format!("no job {id:?}"));
     // Ids are UUIDs; any spelling of one (upper case) names the same job.
     let Ok(uuid) = uuid::Uuid::parse_str(id) else {
@@ -276,7 +275,7 @@ pub async fn cancel(
             // it when a worker takes it (the claim finds the job terminal).
             match st.broker.publisher().await {
                 Ok(p) => {
-                    if let Err(err) = ensure_terminal_event(&st.store, &p, &id).await {
+                    if let Err(err) = st.events.ensure_terminal(&p, &id).await {
                         tracing::warn!(job_id = %id, %err, "job.canceled event deferred to the worker");
                     }
                 }
@@ -297,9 +296,9 @@ pub async fn cancel(
     }
 }
 
-/// `POST /v1/jobs/{id}/deliveries/replay`: sends the job's terminal event again, with the same
-/// `webhook-id` (receivers deduplicate on it). `202` when queued for delivery; `409` when the
-/// job has not ended or has no webhook.
+/// `POST /v1/jobs/{id}/deliveries/replay`: sends the job's terminal event again to every
+/// destination that takes it, with the same `webhook-id` (receivers deduplicate on it). `202`
+/// when queued for delivery; `409` when the job has not ended or nobody takes the event.
 pub async fn replay_event(
     State(st): State<Arc<AppState>>,
     AuthTenant(tenant): AuthTenant,
@@ -312,9 +311,9 @@ pub async fn replay_event(
             "the job has not ended: it has no terminal event yet",
         ));
     };
-    if !stored.webhook.as_ref().is_some_and(|w| w.wants(event)) {
+    if !st.events.wanted(&stored, event).await {
         return Err(conflict(
-            "the job has no webhook subscribed to its terminal event",
+            "neither the job's webhook nor a tenant endpoint takes its terminal event",
         ));
     }
     let publisher = st
@@ -322,7 +321,8 @@ pub async fn replay_event(
         .publisher()
         .await
         .map_err(|_| ApiError::unavailable("broker unavailable; try again"))?;
-    flotilla_shared::events::publish_event(st.store.names(), &publisher, &stored, event)
+    st.events
+        .publish(&publisher, &stored, event, None)
         .await
         .map_err(|_| ApiError::unavailable("broker did not confirm the event; try again"))?;
     let event_id = flotilla_shared::job::event_id(&stored.job.id, event);

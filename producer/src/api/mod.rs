@@ -7,6 +7,7 @@
 //! | `POST /v1/jobs/{id}/cancel` | `200` canceled, `202` cancel requested of a running job, `409` already ended |
 //! | `GET /v1/jobs/{id}/deliveries` | the job's webhook delivery log |
 //! | `POST /v1/jobs/{id}/deliveries/replay` | send the terminal event again (same `webhook-id`) |
+//! | `/v1/webhook-endpoints...`, `POST /v1/webhooks/replay` | tenant endpoints and replay (see [`webhooks`]) |
 //! | `GET /v1/models` | the model catalogue |
 //! | `/v1/admin/dlq...` | dead letters: list, show, replay, purge (admin tenants; see [`admin`]) |
 //! | `GET /healthz` | `200` while the process runs |
@@ -17,6 +18,7 @@ mod auth;
 pub mod error;
 mod jobs;
 mod validate;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use flotilla_shared::{config::FileConfig, config::TenantIndex, store::Store};
+use flotilla_shared::{config::FileConfig, config::TenantIndex, events::Events, store::Store};
 use serde_json::json;
 
 use crate::broker::BrokerLink;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub tenants: TenantIndex,
     /// File config (limits, models, webhooks).
     pub config: FileConfig,
+    /// Event publishing (cancel, replays) and the tenant endpoint cache.
+    pub events: Events,
 }
 
 /// Builds the router over shared state.
@@ -55,6 +59,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/deliveries", get(jobs::deliveries))
         .route("/v1/jobs/{id}/deliveries/replay", post(jobs::replay_event))
+        .route(
+            "/v1/webhook-endpoints",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/v1/webhook-endpoints/{id}/secret", get(webhooks::secret))
+        .route("/v1/webhook-endpoints/{id}/disable", post(webhooks::disable))
+        .route("/v1/webhook-endpoints/{id}/enable", post(webhooks::enable))
+        .route("/v1/webhook-endpoints/{id}/rotate", post(webhooks::rotate))
+        .route("/v1/webhooks/replay", post(webhooks::replay_failed))
         .route("/v1/models", get(models))
         .route("/v1/admin/dlq", get(admin::list))
         .route("/v1/admin/dlq/purge", post(admin::purge))

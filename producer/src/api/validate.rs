@@ -1,9 +1,7 @@
 //! Request validation beyond the JSON schema: model, input shape, metadata, limits, webhook URL.
 
-use std::net::IpAddr;
 
 use chrono::Utc;
-use flotilla_shared::webhook::is_private_ip;
 use flotilla_shared::{
     catalog::{self, ModelName},
     config::FileConfig,
@@ -71,53 +69,13 @@ pub fn request(req: &JobRequest, cfg: &FileConfig, has_secret: bool) -> Result<(
     Ok(())
 }
 
-/// Checks a webhook URL's form and, unless private targets are allowed, that it does not
-/// name a loopback/private/link-local host literally. (Resolution-time checks are the
-/// dispatcher's.)
+/// Checks a webhook URL's form and, unless the config permits it, that it does not name a
+/// private host literally, in any notation (`flotilla_shared::webhook::check_url`).
+/// Resolution-time checks are the dispatcher's.
 pub fn webhook_url(url: &str, cfg: &FileConfig) -> Result<(), ApiError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ApiError::invalid(format!("webhook.url: not a URL ({e})")))?;
-    match parsed.scheme() {
-        "https" => {}
-        "http" if cfg.webhooks.allow_http => {}
-        "http" => {
-            return Err(ApiError::invalid(
-                "webhook.url: http is not allowed here; use https",
-            ))
-        }
-        other => {
-            return Err(ApiError::invalid(format!(
-                "webhook.url: scheme {other:?} is not allowed"
-            )))
-        }
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(ApiError::invalid(
-            "webhook.url: credentials in the URL are not allowed",
-        ));
-    }
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| ApiError::invalid("webhook.url: no host"))?;
-    if !cfg.webhooks.allow_private {
-        let bare = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let private = match bare.parse::<IpAddr>() {
-            Ok(ip) => is_private_ip(ip),
-            Err(_) => {
-                bare == "localhost" || bare.ends_with(".localhost") || bare.starts_with("ip6-")
-            }
-        };
-        if private {
-            return Err(ApiError::invalid(
-                "webhook.url: private, loopback and link-local hosts are not allowed",
-            ));
-        }
-    }
-    Ok(())
+    flotilla_shared::webhook::check_url(url, &cfg.webhooks)
+        .map(|_| ())
+        .map_err(|why| ApiError::invalid(format!("webhook.url: {why}")))
 }
 
 /// Checks an `Idempotency-Key` header value: 1–255 visible ASCII characters.

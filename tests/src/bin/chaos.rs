@@ -45,8 +45,12 @@ async fn main() -> ExitCode {
                         retry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n"
                 .into(),
             sim_toml: String::new(),
-            // 30% of deliveries fail: 15 in-process attempts leave ~1e-8 per event to chance.
-            webhooks_toml: "min_backoff_ms = 50\nmax_backoff_ms = 1000\nmax_attempts = 15\n".into(),
+            // 30% of deliveries fail: 15 attempts a second apart leave ~1e-8 per event to
+            // chance.
+            webhooks_toml: format!(
+                "schedule_s = [0{}]\ntiers_s = [1, 5]\nendpoint_cache_ms = 0\n",
+                ", 1".repeat(14)
+            ),
         },
     )
     .await;

@@ -2,13 +2,13 @@
 //! checks every resolved address (the connection goes only to checked addresses).
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use flotilla_shared::{
     config::WebhooksConfig,
-    webhook::{is_private_ip, WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP},
+    webhook::{literal_ip, WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP},
 };
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
@@ -24,6 +24,33 @@ pub struct DeliveryError {
     pub retry_after: Option<Duration>,
     /// Retrying cannot help (410 Gone, a refused address, a bad URL).
     pub permanent: bool,
+    /// The receiver is overloaded: a 429 or a timeout (the next attempt waits at least the
+    /// throttle floor).
+    pub throttled: bool,
+}
+
+impl DeliveryError {
+    /// A permanent refusal made before any request (a disabled endpoint, no secret).
+    pub fn refused(message: &str) -> Self {
+        Self::permanent(message.to_owned())
+    }
+
+    fn permanent(message: String) -> Self {
+        Self {
+            status: None,
+            message,
+            retry_after: None,
+            permanent: true,
+            throttled: false,
+        }
+    }
+
+    fn transient(message: String) -> Self {
+        Self {
+            permanent: false,
+            ..Self::permanent(message)
+        }
+    }
 }
 
 /// One successful delivery.
@@ -33,19 +60,20 @@ pub struct Delivered {
     pub status: u16,
 }
 
-/// Resolves with the system resolver, then refuses private addresses unless allowed.
+/// Resolves with the system resolver, then drops every address the config does not permit
+/// (`WebhooksConfig::permits`), so the connection goes only to checked addresses.
 struct GuardedResolver {
-    allow_private: bool,
+    cfg: WebhooksConfig,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
+        let cfg = self.cfg.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| allow_private || !is_private_ip(a.ip()))
+                .filter(|a| cfg.permits(a.ip()))
                 .collect();
             if addrs.is_empty() {
                 return Err(format!("{host}: no public address (SSRF guard)").into());
@@ -71,12 +99,12 @@ impl WebhookClient {
     pub fn new(cfg: &WebhooksConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY from the environment would carry the request past the guard.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(cfg.connect_timeout_s))
             .timeout(Duration::from_secs(cfg.timeout_s))
             .user_agent(concat!("flotilla-webhooks/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(std::sync::Arc::new(GuardedResolver {
-                allow_private: cfg.allow_private,
-            }))
+            .dns_resolver(std::sync::Arc::new(GuardedResolver { cfg: cfg.clone() }))
             .build()?;
         Ok(Self {
             http,
@@ -90,58 +118,28 @@ impl WebhookClient {
     }
 
     fn check_url(&self, url: &str) -> Result<reqwest::Url, DeliveryError> {
-        let permanent = |m: String| DeliveryError {
-            status: None,
-            message: m,
-            retry_after: None,
-            permanent: true,
-        };
-        let parsed = reqwest::Url::parse(url).map_err(|e| permanent(format!("bad URL: {e}")))?;
-        match parsed.scheme() {
-            "https" => {}
-            "http" if self.cfg.allow_http => {}
-            s => return Err(permanent(format!("scheme {s} not allowed"))),
-        }
-        if let Some(host) = parsed.host_str() {
-            let bare = host.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = bare.parse::<IpAddr>() {
-                if !self.cfg.allow_private && is_private_ip(ip) {
-                    return Err(permanent(format!("{ip} is a private address (SSRF guard)")));
-                }
-            }
-        }
-        Ok(parsed)
+        flotilla_shared::webhook::check_url(url, &self.cfg).map_err(DeliveryError::permanent)
     }
 
-    /// Resolves a host name up front so that a name resolving only to private addresses is a
+    /// Resolves a host name up front so that a name resolving only to refused addresses is a
     /// permanent failure (the connection itself still goes through the guarded resolver).
     async fn check_resolution(&self, url: &reqwest::Url) -> Result<(), DeliveryError> {
-        let Some(host) = url.host_str() else {
+        let (Some(host), None) = (url.host_str(), literal_ip(url)) else {
             return Ok(());
         };
-        if self.cfg.allow_private || host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        if self.cfg.allow_private {
             return Ok(());
         }
         let port = url.port_or_known_default().unwrap_or(443);
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
             Ok(a) => a.collect(),
             // DNS trouble may pass: transient.
-            Err(e) => {
-                return Err(DeliveryError {
-                    status: None,
-                    message: format!("cannot resolve {host}: {e}"),
-                    retry_after: None,
-                    permanent: false,
-                })
-            }
+            Err(e) => return Err(DeliveryError::transient(format!("cannot resolve {host}: {e}"))),
         };
-        if !addrs.is_empty() && addrs.iter().all(|a| is_private_ip(a.ip())) {
-            return Err(DeliveryError {
-                status: None,
-                message: format!("{host} resolves only to private addresses (SSRF guard)"),
-                retry_after: None,
-                permanent: true,
-            });
+        if !addrs.is_empty() && !addrs.iter().any(|a| self.cfg.permits(a.ip())) {
+            return Err(DeliveryError::permanent(format!(
+                "{host} resolves only to private addresses (SSRF guard)"
+            )));
         }
         Ok(())
     }
@@ -156,34 +154,38 @@ impl WebhookClient {
         url: &str,
         event_id: &str,
         body: &[u8],
-        secret: &WebhookSecret,
+        secrets: &[WebhookSecret],
         traceparent: Option<&str>,
     ) -> Result<Delivered, DeliveryError> {
         let parsed = self.check_url(url)?;
         self.check_resolution(&parsed).await?;
         let ts = chrono::Utc::now().timestamp();
+        // During a rotation every live secret signs: receivers holding either one verify.
+        let signature = secrets
+            .iter()
+            .map(|s| s.sign(event_id, ts, body))
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut req = self
             .http
             .post(parsed)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(HEADER_ID, event_id)
             .header(HEADER_TIMESTAMP, ts.to_string())
-            .header(HEADER_SIGNATURE, secret.sign(event_id, ts, body))
+            .header(HEADER_SIGNATURE, signature)
             .body(body.to_vec());
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);
         }
         let resp = req.send().await.map_err(|e| DeliveryError {
-            status: None,
-            message: if e.is_timeout() {
+            throttled: e.is_timeout(),
+            ..DeliveryError::transient(if e.is_timeout() {
                 "timed out".to_string()
             } else if e.is_connect() {
                 format!("connect failed: {}", root_cause(&e))
             } else {
                 format!("request failed: {}", root_cause(&e))
-            },
-            retry_after: None,
-            permanent: false,
+            })
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -201,6 +203,7 @@ impl WebhookClient {
             message: format!("receiver answered {status}"),
             retry_after,
             permanent: status == reqwest::StatusCode::GONE,
+            throttled: status == reqwest::StatusCode::TOO_MANY_REQUESTS,
         })
     }
 }
@@ -249,14 +252,14 @@ mod tests {
         let cfg = WebhooksConfig::default();
         let client = WebhookClient::new(&cfg).unwrap();
         let err = client
-            .send("https://169.254.169.254/x", "evt", b"{}", &secret, None)
+            .send("https://169.254.169.254/x", "evt", b"{}", std::slice::from_ref(&secret), None)
             .await
             .unwrap_err();
         assert!(err.permanent, "{err:?}");
         let err = client
-            .send("http://example.com/x", "evt", b"{}", &secret, None)
+            .send("http://example.com/x", "evt", b"{}", std::slice::from_ref(&secret), None)
             .await
             .unwrap_err();
-        assert!(err.permanent && err.message.contains("scheme"), "{err:?}");
+        assert!(err.permanent && err.message.contains("https"), "{err:?}");
     }
 }

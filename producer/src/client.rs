@@ -34,6 +34,9 @@ pub enum ClientError {
     /// Not a job id (ids are UUIDs).
     #[error("{0:?} is not a job id (a UUID)")]
     InvalidId(String),
+    /// Not a webhook endpoint id (`a-z0-9-_`, 1-64 characters).
+    #[error("{0:?} is not a webhook endpoint id")]
+    InvalidEndpointId(String),
     /// The API answered an error.
     #[error("API error {status} {kind}: {message}")]
     Api {
@@ -86,6 +89,29 @@ fn job_id(id: &str) -> Result<String, ClientError> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.to_string())
         .map_err(|_| ClientError::InvalidId(id.to_owned()))
+}
+
+fn endpoint_id(id: &str) -> Result<&str, ClientError> {
+    if flotilla_shared::names::is_name(id) {
+        Ok(id)
+    } else {
+        Err(ClientError::InvalidEndpointId(id.to_owned()))
+    }
+}
+
+/// What [`Client::endpoint_action`] does to a webhook endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointAction {
+    /// `GET .../{id}`: show it.
+    Show,
+    /// `GET .../{id}/secret`: its current signing secret.
+    Secret,
+    /// `POST .../{id}/disable`.
+    Disable,
+    /// `POST .../{id}/enable`.
+    Enable,
+    /// `POST .../{id}/rotate`: a new secret; the old one signs too for the rotation window.
+    Rotate,
 }
 
 /// The answer to a submission.
@@ -250,6 +276,97 @@ impl Client {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// `POST /v1/webhook-endpoints`: a tenant endpoint taking `events` (default: the terminal
+    /// ones). The answer is the endpoint with its `secret`, shown this once.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`]: 422 for a refused URL (scheme, private address).
+    pub async fn create_endpoint(
+        &self,
+        url: &str,
+        events: Option<&[flotilla_shared::job::EventType]>,
+        description: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::json!({"url": url, "events": events, "description": description});
+        self.call(
+            self.http
+                .post(format!("{}/v1/webhook-endpoints", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/webhook-endpoints`: the tenant's endpoints (API, config, disabled job URLs).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] or a transport error.
+    pub async fn endpoints(&self) -> Result<Vec<Value>, ClientError> {
+        let body: Value = self
+            .call(self.http.get(format!("{}/v1/webhook-endpoints", self.base)))
+            .await?;
+        Ok(body
+            .get("data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Shows, reads the secret of, disables, enables or rotates endpoint `id`.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidEndpointId`]; [`ClientError::Api`]: 404 unknown id, 409 rotating
+    /// an endpoint declared in the config file.
+    pub async fn endpoint_action(
+        &self,
+        id: &str,
+        action: EndpointAction,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}/v1/webhook-endpoints/{}", self.base, endpoint_id(id)?);
+        let req = match action {
+            EndpointAction::Show => self.http.get(url),
+            EndpointAction::Secret => self.http.get(format!("{url}/secret")),
+            EndpointAction::Disable => self.http.post(format!("{url}/disable")),
+            EndpointAction::Enable => self.http.post(format!("{url}/enable")),
+            EndpointAction::Rotate => self.http.post(format!("{url}/rotate")),
+        };
+        self.call(req).await
+    }
+
+    /// `DELETE /v1/webhook-endpoints/{id}`.
+    ///
+    /// # Errors
+    /// As [`Self::endpoint_action`].
+    pub async fn delete_endpoint(&self, id: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/webhook-endpoints/{}", self.base, endpoint_id(id)?);
+        let resp = self
+            .http
+            .delete(url)
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        Self::check(resp).await.map(|_| ())
+    }
+
+    /// `POST /v1/webhooks/replay`: sends every failed delivery of the tenant since `since`
+    /// again (same `webhook-id`s), optionally only those to `endpoint`.
+    /// Answers `{"replayed", "skipped"}`.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] or a transport error.
+    pub async fn replay_failed(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        endpoint: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::json!({"since": since, "endpoint": endpoint});
+        self.call(
+            self.http
+                .post(format!("{}/v1/webhooks/replay", self.base))
+                .json(&body),
+        )
+        .await
     }
 
     /// Sends `req` with the API key and decodes a successful JSON answer.

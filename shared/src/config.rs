@@ -270,6 +270,11 @@ impl Default for WebhooksConfig {
 }
 
 impl WebhooksConfig {
+    /// The shortest event delay tier, seconds (waits shorter than it are slept in process).
+    pub fn smallest_tier_s(&self) -> u64 {
+        self.tiers_s.iter().copied().min().unwrap_or(1)
+    }
+
     /// Whether a webhook may go to `ip`: public addresses always; private ones only when
     /// `allow_private` is set or an `allow_addresses` block contains it.
     pub fn permits(&self, ip: std::net::IpAddr) -> bool {
@@ -616,10 +621,11 @@ impl FileConfig {
 /// Reads and parses a `whsec_` secret from env var `var` (messages never contain the secret).
 fn secret_from_env(tenant: &str, setting: &str, var: &str) -> Result<WebhookSecret, ConfigError> {
     let raw = std::env::var(var).map_err(|_| {
-        ConfigError(format!("tenants.{tenant}: env var {var} ({setting}) is not set"))
+        ConfigError(format!(
+            "tenants.{tenant}: env var {var} ({setting}) is not set"
+        ))
     })?;
-    WebhookSecret::parse(&raw)
-        .map_err(|e| ConfigError(format!("tenants.{tenant}: {setting}: {e}")))
+    WebhookSecret::parse(&raw).map_err(|e| ConfigError(format!("tenants.{tenant}: {setting}: {e}")))
 }
 
 /// Tenants by API-key hash and by name.

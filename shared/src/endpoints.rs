@@ -130,7 +130,11 @@ impl Endpoint {
 
     /// The secrets that sign a delivery at `now`: its own unexpired ones, else `tenant`'s
     /// current and previous secrets. Empty when there is none.
-    pub fn signing_secrets(&self, tenant: Option<&Tenant>, now: DateTime<Utc>) -> Vec<WebhookSecret> {
+    pub fn signing_secrets(
+        &self,
+        tenant: Option<&Tenant>,
+        now: DateTime<Utc>,
+    ) -> Vec<WebhookSecret> {
         let own: Vec<WebhookSecret> = self
             .secrets
             .iter()
@@ -191,7 +195,11 @@ fn disabled_field(id: &str) -> String {
 ///
 /// # Errors
 /// [`crate::store::StoreError`] from Redis.
-pub async fn list(store: &Store, tenants: &TenantIndex, tenant: &str) -> StoreResult<Vec<Endpoint>> {
+pub async fn list(
+    store: &Store,
+    tenants: &TenantIndex,
+    tenant: &str,
+) -> StoreResult<Vec<Endpoint>> {
     let mut c = store.connection();
     let raw: HashMap<String, String> = c.hgetall(store.names().endpoints_key(tenant)).await?;
     let mut disabled: HashMap<&str, Disabled> = HashMap::new();
@@ -277,7 +285,13 @@ pub async fn delete(store: &Store, tenant: &str, id: &str) -> StoreResult<bool> 
 ///
 /// # Errors
 /// [`crate::store::StoreError`] from Redis.
-pub async fn disable(store: &Store, tenant: &str, id: &str, url: &str, reason: &str) -> StoreResult<()> {
+pub async fn disable(
+    store: &Store,
+    tenant: &str,
+    id: &str,
+    url: &str,
+    reason: &str,
+) -> StoreResult<()> {
     let record = Disabled {
         reason: reason.to_owned(),
         at: Utc::now(),
@@ -368,11 +382,7 @@ pub async fn failed_since(
         .await?;
     Ok(raw
         .into_iter()
-        .filter_map(|(m, score)| {
-            serde_json::from_str(&m)
-                .ok()
-                .map(|f| (f, score as i64))
-        })
+        .filter_map(|(m, score)| serde_json::from_str(&m).ok().map(|f| (f, score as i64)))
         .collect())
 }
 

@@ -29,6 +29,15 @@ pub const HEADER_ENDPOINT: &str = "x-flotilla-endpoint";
 /// Header with the earliest instant (Unix ms) an event's next attempt may be made.
 pub const HEADER_NOT_BEFORE: &str = "x-flotilla-not-before-ms";
 
+/// Whether `s` is 1–64 characters of `a-z0-9-_`: the form of namespaces, tenant names and
+/// webhook endpoint ids (safe in queue names, Redis keys and URL paths).
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// Names under one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -46,12 +55,7 @@ impl Names {
     /// # Errors
     /// [`InvalidNamespace`] unless it is 1–64 characters of `a-z0-9-_`.
     pub fn new(namespace: &str) -> Result<Self, InvalidNamespace> {
-        let ok = !namespace.is_empty()
-            && namespace.len() <= 64
-            && namespace
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok {
+        if is_name(namespace) {
             Ok(Self {
                 ns: namespace.to_owned(),
             })

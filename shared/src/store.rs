@@ -706,7 +706,8 @@ impl Store {
     /// # Errors
     /// [`StoreError`] from Redis.
     pub async fn set_webhook_status(&self, id: &str, status: WebhookStatus) -> StoreResult<()> {
-        self.set_if_exists(id, "webhook_status", status.as_str()).await
+        self.set_if_exists(id, "webhook_status", status.as_str())
+            .await
     }
 
     async fn set_if_exists(&self, id: &str, field: &str, value: &str) -> StoreResult<()> {

@@ -290,7 +290,13 @@ mod tests {
     #[test]
     fn one_quorum_queue_per_pool_with_a_delivery_limit() {
         let names = Names::new("t").unwrap();
-        let topo = Topology::new(&names, &["default".into(), "gpu".into()], &[1, 5], &[1, 30], 20);
+        let topo = Topology::new(
+            &names,
+            &["default".into(), "gpu".into()],
+            &[1, 5],
+            &[1, 30],
+            20,
+        );
         let gpu = topo.queues.iter().find(|q| q.name == "t.jobs.gpu").unwrap();
         assert!(gpu.args.contains(&("x-delivery-limit", QueueArg::Int(20))));
         assert!(gpu

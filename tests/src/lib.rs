@@ -372,7 +372,8 @@ async fn receive(
     let mut resp = status.into_response();
     if let (false, Some(ra)) = (failing, reply.retry_after) {
         if let Ok(v) = axum::http::HeaderValue::from_str(&ra) {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
     }
     resp
@@ -402,7 +403,8 @@ pub struct EnvOptions {
     pub jobs_toml: String,
     /// Extra `[models.sim]` lines.
     pub sim_toml: String,
-    /// `[webhooks]` lines besides the loopback allowances.
+    /// `[webhooks]` lines besides `allow_http = true` (and `allow_private = true` unless these
+    /// lines set it).
     pub webhooks_toml: String,
 }
 
@@ -413,8 +415,8 @@ impl Default for EnvOptions {
             redis_url: None,
             jobs_toml: "lease_s = 3\nretry_tiers_s = [1, 2, 5, 30]\nretry_base_ms = 200\n".into(),
             sim_toml: String::new(),
-            webhooks_toml: "schedule_s = [0, 1, 1, 1, 1, 1]\ntiers_s = [1, 5]\nendpoint_cache_ms = 0\n"
-                .into(),
+            webhooks_toml:
+                "schedule_s = [0, 1, 1, 1, 1, 1]\ntiers_s = [1, 5]\nendpoint_cache_ms = 0\n".into(),
         }
     }
 }
@@ -426,9 +428,8 @@ pub fn render_config(opts: &EnvOptions) -> String {
 [jobs]
 {jobs}
 [webhooks]
-allow_private = true
 allow_http = true
-{webhooks}
+{allow_private}{webhooks}
 [models.sim]
 enabled = true
 {sim}
@@ -446,6 +447,12 @@ api_key_sha256 = ["{beta}"]
         jobs = opts.jobs_toml,
         sim = opts.sim_toml,
         webhooks = opts.webhooks_toml,
+        // Loopback receivers need it, unless the test sets the guard itself.
+        allow_private = if opts.webhooks_toml.contains("allow_private") {
+            ""
+        } else {
+            "allow_private = true\n"
+        },
         alpha = api_key_hash(ALPHA_KEY),
         beta = api_key_hash(BETA_KEY),
         secret = ALPHA_SECRET,
@@ -463,6 +470,11 @@ pub fn job(model: &str, input: Value, hook: Option<String>) -> JobRequest {
         timeout_s: None,
         deadline: None,
     }
+}
+
+/// Submits `req` (no idempotency key) and returns the new job's id; panics on refusal.
+pub async fn submit_id(client: &Client, req: &JobRequest) -> String {
+    client.submit(req, None).await.expect("submit").response.id
 }
 
 /// A `sim` job taking `latency_ms`.
@@ -533,9 +545,9 @@ impl TestEnv {
             .expect("rabbitmq at FLOTILLA_AMQP_URL (make test starts it)");
         let channel = amqp.create_channel().await.expect("channel");
         Topology::of(&names, &config)
-        .declare(&channel)
-        .await
-        .expect("declare topology");
+            .declare(&channel)
+            .await
+            .expect("declare topology");
         Self {
             names,
             config_path,

@@ -9,7 +9,9 @@ use flotilla_shared::{
     amqp::{header_i64, header_str, Publisher},
     dlq::DlqEntry,
     job::{ErrorKind, JobError, JobStatus, Timings},
-    names::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_JOB_ID, HEADER_TENANT},
+    names::{
+        HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_JOB_ID, HEADER_TENANT,
+    },
     store::Outcome,
 };
 use lapin::message::Delivery;

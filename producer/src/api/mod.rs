@@ -68,7 +68,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(webhooks::get).delete(webhooks::delete),
         )
         .route("/v1/webhook-endpoints/{id}/secret", get(webhooks::secret))
-        .route("/v1/webhook-endpoints/{id}/disable", post(webhooks::disable))
+        .route(
+            "/v1/webhook-endpoints/{id}/disable",
+            post(webhooks::disable),
+        )
         .route("/v1/webhook-endpoints/{id}/enable", post(webhooks::enable))
         .route("/v1/webhook-endpoints/{id}/rotate", post(webhooks::rotate))
         .route("/v1/webhooks/replay", post(webhooks::replay_failed))

@@ -1,6 +1,5 @@
 //! Request validation beyond the JSON schema: model, input shape, metadata, limits, webhook URL.
 
-
 use chrono::Utc;
 use flotilla_shared::{
     catalog::{self, ModelName},

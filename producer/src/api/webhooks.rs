@@ -82,9 +82,15 @@ pub async fn create(
     let req: CreateEndpoint = parse_body(body, &headers, BODY_LIMIT)?;
     validate::webhook_url(&req.url, &st.config)?;
     if req.events.as_ref().is_some_and(Vec::is_empty) {
-        return Err(ApiError::invalid("events: give at least one event type, or leave it out"));
+        return Err(ApiError::invalid(
+            "events: give at least one event type, or leave it out",
+        ));
     }
-    if req.description.as_ref().is_some_and(|d| d.chars().count() > 256) {
+    if req
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 256)
+    {
         return Err(ApiError::invalid("description: at most 256 characters"));
     }
     let secret = WebhookSecret::generate();
@@ -115,7 +121,9 @@ pub async fn list(
     AuthTenant(tenant): AuthTenant,
 ) -> Result<Json<Value>, ApiError> {
     let list = with_retries(|| endpoints::list(&st.store, &st.tenants, &tenant)).await?;
-    Ok(Json(json!({"data": list.iter().map(Endpoint::view).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"data": list.iter().map(Endpoint::view).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `GET /v1/webhook-endpoints/{id}`.

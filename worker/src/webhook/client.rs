@@ -134,7 +134,11 @@ impl WebhookClient {
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
             Ok(a) => a.collect(),
             // DNS trouble may pass: transient.
-            Err(e) => return Err(DeliveryError::transient(format!("cannot resolve {host}: {e}"))),
+            Err(e) => {
+                return Err(DeliveryError::transient(format!(
+                    "cannot resolve {host}: {e}"
+                )))
+            }
         };
         if !addrs.is_empty() && !addrs.iter().any(|a| self.cfg.permits(a.ip())) {
             return Err(DeliveryError::permanent(format!(
@@ -252,12 +256,24 @@ mod tests {
         let cfg = WebhooksConfig::default();
         let client = WebhookClient::new(&cfg).unwrap();
         let err = client
-            .send("https://169.254.169.254/x", "evt", b"{}", std::slice::from_ref(&secret), None)
+            .send(
+                "https://169.254.169.254/x",
+                "evt",
+                b"{}",
+                std::slice::from_ref(&secret),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(err.permanent, "{err:?}");
         let err = client
-            .send("http://example.com/x", "evt", b"{}", std::slice::from_ref(&secret), None)
+            .send(
+                "http://example.com/x",
+                "evt",
+                b"{}",
+                std::slice::from_ref(&secret),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(err.permanent && err.message.contains("https"), "{err:?}");

@@ -53,10 +53,28 @@ use crate::{
     Ctx,
 };
 
-/// Per-endpoint caps on concurrent deliveries within one dispatcher.
+/// Per-endpoint caps on concurrent deliveries within one dispatcher: `cap` run at once and
+/// up to `2 × cap` more wait in memory (in arrival order) for a slot; an event beyond that is
+/// parked in a delay tier, so one slow endpoint holds at most `3 × cap` of the prefetch.
 pub struct EndpointLimits {
     cap: usize,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    slots: Mutex<HashMap<String, Line>>,
+}
+
+/// An endpoint's semaphores: places in its line (`3 × cap`), running slots (`cap`).
+type Line = (Arc<Semaphore>, Arc<Semaphore>);
+
+/// A place in an endpoint's line; [`Admitted::run`] waits for a running slot.
+pub struct Admitted {
+    _admitted: OwnedSemaphorePermit,
+    running: Arc<Semaphore>,
+}
+
+impl Admitted {
+    /// Waits for one of the endpoint's running slots.
+    pub async fn run(&self) -> Option<OwnedSemaphorePermit> {
+        self.running.clone().acquire_owned().await.ok()
+    }
 }
 
 impl EndpointLimits {
@@ -68,16 +86,25 @@ impl EndpointLimits {
         }
     }
 
-    /// A slot for endpoint `id`, or `None` while `cap` deliveries to it are running.
-    pub fn try_acquire(&self, id: &str) -> Option<OwnedSemaphorePermit> {
-        let sem = {
+    /// A place in endpoint `id`'s line, or `None` when the line is full.
+    pub fn admit(&self, id: &str) -> Option<Admitted> {
+        let (admit, running) = {
             let mut slots = self.slots.lock().ok()?;
             slots
                 .entry(id.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.cap)))
+                .or_insert_with(|| {
+                    (
+                        Arc::new(Semaphore::new(self.cap * 3)),
+                        Arc::new(Semaphore::new(self.cap)),
+                    )
+                })
                 .clone()
         };
-        sem.try_acquire_owned().ok()
+        let permit = admit.try_acquire_owned().ok()?;
+        Some(Admitted {
+            _admitted: permit,
+            running,
+        })
     }
 }
 
@@ -178,7 +205,7 @@ pub async fn handle(
     };
     if let Some(nb) = msg.not_before_ms {
         let remaining = Duration::from_millis((nb - now_ms()).max(0) as u64);
-        let smallest = ctx.config.webhooks.tiers_s.iter().copied().min().unwrap_or(1);
+        let smallest = ctx.config.webhooks.smallest_tier_s();
         if remaining > Duration::from_secs(smallest) {
             park(&ctx, &publisher, &delivery, &msg, remaining, None).await;
             return;
@@ -235,7 +262,10 @@ async fn fan_out(
                     with_headers(delivery, &[(HEADER_ENDPOINT, Str(dest))]),
                 );
                 let exchange = ctx.names.events_exchange();
-                if let Err(err) = publisher.publish(&exchange, "", &delivery.data, props).await {
+                if let Err(err) = publisher
+                    .publish(&exchange, "", &delivery.data, props)
+                    .await
+                {
                     // Destinations already split off get the event again on the retry; the
                     // same webhook-id lets receivers drop the copy.
                     tracing::warn!(%err, "cannot split the event; requeueing it");
@@ -354,7 +384,15 @@ async fn deliver(
     };
     if let Some(d) = &endpoint.disabled {
         let why = format!("endpoint {} is disabled: {}", endpoint.id, d.reason);
-        log_attempt(ctx, msg, dest, msg.attempts_done, Err(&DeliveryError::refused(&why)), 0.0).await;
+        log_attempt(
+            ctx,
+            msg,
+            dest,
+            msg.attempts_done,
+            Err(&DeliveryError::refused(&why)),
+            0.0,
+        )
+        .await;
         give_up(ctx, msg, &failed, &why).await;
         ack(delivery).await;
         return;
@@ -364,17 +402,40 @@ async fn deliver(
     if secrets.is_empty() {
         let why = "no webhook secret for this endpoint or tenant";
         tracing::error!(tenant = %msg.tenant, endpoint = dest, "{why}; event not sent");
-        log_attempt(ctx, msg, dest, msg.attempts_done, Err(&DeliveryError::refused(why)), 0.0).await;
+        log_attempt(
+            ctx,
+            msg,
+            dest,
+            msg.attempts_done,
+            Err(&DeliveryError::refused(why)),
+            0.0,
+        )
+        .await;
         give_up(ctx, msg, &failed, why).await;
         ack(delivery).await;
         return;
     }
-    let Some(_slot) = ctx.limits.try_acquire(&endpoint.id) else {
+    let Some(admitted) = ctx.limits.admit(&endpoint.id) else {
         // Busy endpoint: wait a tier without spending an attempt; others go on.
-        let smallest = ctx.config.webhooks.tiers_s.iter().copied().min().unwrap_or(1);
+        let smallest = ctx.config.webhooks.smallest_tier_s();
         let next = Some((dest, msg.attempts_done));
-        park(ctx, publisher, delivery, msg, Duration::from_secs(smallest), next).await;
+        park(
+            ctx,
+            publisher,
+            delivery,
+            msg,
+            Duration::from_secs(smallest),
+            next,
+        )
+        .await;
         return;
+    };
+    let slot = tokio::select! {
+        slot = admitted.run() => slot,
+        () = abort.cancelled() => {
+            requeue(delivery).await;
+            return;
+        }
     };
 
     let attempt = msg.attempts_done + 1;
@@ -390,7 +451,17 @@ async fn deliver(
             return;
         }
     };
-    log_attempt(ctx, msg, dest, attempt, result.as_ref().map(|d| d.status), elapsed_ms(started)).await;
+    drop(slot);
+    drop(admitted);
+    log_attempt(
+        ctx,
+        msg,
+        dest,
+        attempt,
+        result.as_ref().map(|d| d.status),
+        elapsed_ms(started),
+    )
+    .await;
     let cfg = &ctx.config.webhooks;
     match result {
         Ok(d) => {
@@ -422,7 +493,13 @@ async fn deliver(
             dead_letter(ctx, publisher, delivery, &queue, "webhook_failed", &why).await;
         }
         Err(e) => {
-            let wait = next_delay(cfg, attempt, &e, rand::random::<f64>() * 2.0 - 1.0, rand::random());
+            let wait = next_delay(
+                cfg,
+                attempt,
+                &e,
+                rand::random::<f64>() * 2.0 - 1.0,
+                rand::random(),
+            );
             tracing::info!(job_id = %msg.job_id, endpoint = dest, error = %e, attempt, retry_in = ?wait, "webhook attempt failed");
             park(ctx, publisher, delivery, msg, wait, Some((dest, attempt))).await;
         }
@@ -492,11 +569,23 @@ mod tests {
     fn delays_follow_the_schedule_within_the_jitter() {
         let cfg = WebhooksConfig::default();
         // After the first attempt failed, the second is due 5 s later ±20%.
-        assert_eq!(next_delay(&cfg, 1, &err(None, false), -1.0, 0.0), Duration::from_secs(4));
-        assert_eq!(next_delay(&cfg, 1, &err(None, false), 1.0, 0.0), Duration::from_secs(6));
-        assert_eq!(next_delay(&cfg, 2, &err(None, false), 0.0, 0.0), Duration::from_secs(300));
+        assert_eq!(
+            next_delay(&cfg, 1, &err(None, false), -1.0, 0.0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            next_delay(&cfg, 1, &err(None, false), 1.0, 0.0),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            next_delay(&cfg, 2, &err(None, false), 0.0, 0.0),
+            Duration::from_secs(300)
+        );
         // Past the end of the schedule the last entry repeats.
-        assert_eq!(next_delay(&cfg, 99, &err(None, false), 0.0, 0.0), Duration::from_secs(36_000));
+        assert_eq!(
+            next_delay(&cfg, 99, &err(None, false), 0.0, 0.0),
+            Duration::from_secs(36_000)
+        );
     }
 
     #[test]
@@ -505,10 +594,22 @@ mod tests {
             retry_after_max_s: 60,
             ..WebhooksConfig::default()
         };
-        assert_eq!(next_delay(&cfg, 1, &err(Some(120), false), 0.0, 0.0), Duration::from_secs(60));
-        assert_eq!(next_delay(&cfg, 1, &err(Some(120), false), 0.0, 1.0), Duration::from_secs(72));
-        assert_eq!(next_delay(&cfg, 1, &err(Some(2), false), 0.0, 0.0), Duration::from_secs(5));
-        assert_eq!(next_delay(&cfg, 1, &err(None, true), 0.0, 0.0), Duration::from_secs(30));
+        assert_eq!(
+            next_delay(&cfg, 1, &err(Some(120), false), 0.0, 0.0),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            next_delay(&cfg, 1, &err(Some(120), false), 0.0, 1.0),
+            Duration::from_secs(72)
+        );
+        assert_eq!(
+            next_delay(&cfg, 1, &err(Some(2), false), 0.0, 0.0),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            next_delay(&cfg, 1, &err(None, true), 0.0, 0.0),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -520,15 +621,19 @@ mod tests {
         assert_eq!(park_tier(&tiers, Duration::from_secs(36_000)), 7200);
     }
 
-    #[test]
-    fn endpoint_slots_are_capped_per_endpoint() {
+    #[tokio::test]
+    async fn endpoint_lines_run_cap_at_once_and_hold_twice_that_waiting() {
         let limits = EndpointLimits::new(2);
-        let a1 = limits.try_acquire("a");
-        let a2 = limits.try_acquire("a");
-        assert!(a1.is_some() && a2.is_some());
-        assert!(limits.try_acquire("a").is_none());
-        assert!(limits.try_acquire("b").is_some());
-        drop(a1);
-        assert!(limits.try_acquire("a").is_some());
+        let line: Vec<Admitted> = (0..6).map(|_| limits.admit("a").expect("room")).collect();
+        assert!(limits.admit("a").is_none(), "line full at 3 x cap");
+        assert!(limits.admit("b").is_some(), "other endpoints unaffected");
+        let r1 = line[0].run().await.expect("slot");
+        let _r2 = line[1].run().await.expect("slot");
+        let third = tokio::time::timeout(Duration::from_millis(50), line[2].run()).await;
+        assert!(third.is_err(), "only cap run at once");
+        drop(r1);
+        assert!(line[2].run().await.is_some());
+        drop(line);
+        assert!(limits.admit("a").is_some());
     }
 }

@@ -115,3 +115,77 @@ async fn run_reports_a_summary_and_refuses_bad_input_with_exit_2() {
     assert_eq!(code, 1);
     assert!(err.contains("not a job id"), "{err}");
 }
+
+#[tokio::test]
+async fn webhook_endpoints_are_managed_from_the_command_line() {
+    let mut env = TestEnv::new("cli-endpoints").await;
+    env.start_producer().await;
+    let url = format!("http://{}", env.producer.as_ref().expect("producer").addr);
+    let key = [
+        ("FLOTILLA_API_KEY", ALPHA_KEY),
+        ("FLOTILLA_URL", url.as_str()),
+    ];
+    let run = |args: &[&str]| {
+        let (code, out, err) = flotilla(args, &key);
+        (
+            code,
+            serde_json::from_str::<Value>(out.trim()).unwrap_or(Value::Null),
+            err,
+        )
+    };
+
+    let (code, created, err) = run(&[
+        "webhook",
+        "endpoints",
+        "create",
+        "http://127.0.0.1:9/hooks",
+        "--events",
+        "job.succeeded,job.failed",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(created["secret"]
+        .as_str()
+        .expect("secret")
+        .starts_with("whsec_"));
+    assert_eq!(
+        created["events"],
+        serde_json::json!(["job.succeeded", "job.failed"])
+    );
+
+    let (code, rotated, _) = run(&["webhook", "endpoints", "rotate", &id]);
+    assert_eq!(code, 0);
+    let (_, secret, _) = run(&["webhook", "endpoints", "secret", &id]);
+    assert_eq!(secret["secret"], rotated["secret"]);
+    let (_, off, _) = run(&["webhook", "endpoints", "disable", &id]);
+    assert_eq!(off["enabled"], false);
+    let (_, list, _) = run(&["webhook", "endpoints", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (_, on, _) = run(&["webhook", "endpoints", "enable", &id]);
+    assert_eq!(on["enabled"], true);
+    let (code, replayed, err) = run(&["webhook", "replay", "--since", "2026-01-01T00:00:00Z"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(replayed["replayed"], 0);
+
+    // Bad input: a non-zero exit with the reason, nothing changed.
+    let (code, _, err) = run(&[
+        "webhook",
+        "endpoints",
+        "create",
+        "http://h/x",
+        "--events",
+        "job.done",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("job.done"), "{err}");
+    let (code, _, err) = run(&["webhook", "endpoints", "show", "../admin"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a webhook endpoint id"), "{err}");
+    let (code, _, err) = run(&["webhook", "replay"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = run(&["webhook", "endpoints", "delete", &id]);
+    assert_eq!(code, 0);
+    let (code, _, err) = run(&["webhook", "endpoints", "show", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+}

@@ -178,11 +178,72 @@ impl DlqFilterArgs {
 }
 
 #[derive(Debug, Subcommand)]
-enum WebhookAction {
-    /// Send a job's terminal event again (same webhook-id).
-    Replay {
-        /// Job id.
+enum EndpointCmd {
+    /// List endpoints (API, config, and job URLs disabled by a 410).
+    List,
+    /// Create an endpoint; prints it with its secret (shown this once).
+    Create {
+        /// Receiver URL.
+        #[arg(value_name = "URL")]
+        receiver: String,
+        /// Event types it takes (repeat or comma-separate); default: the terminal ones.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Show one endpoint.
+    Show {
+        /// Endpoint id.
         id: String,
+    },
+    /// Print an API endpoint's current signing secret.
+    Secret {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Stop deliveries to an endpoint.
+    Disable {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Resume deliveries (then `webhook replay --since` sends what failed meanwhile).
+    Enable {
+        /// Endpoint id.
+        id: String,
+    },
+    /// New signing secret; the old one keeps signing for the rotation window.
+    Rotate {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Delete an API endpoint.
+    Delete {
+        /// Endpoint id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookAction {
+    /// Send events again with their webhook-ids: one job's terminal event, or every failed
+    /// delivery of the tenant since a time.
+    Replay {
+        /// Job id (omit with --since).
+        #[arg(required_unless_present = "since", conflicts_with = "since")]
+        id: Option<String>,
+        /// Replay every failed delivery recorded at or after this RFC 3339 instant.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --since: only deliveries to this endpoint id (`job` = jobs' own URLs).
+        #[arg(long, requires = "since")]
+        endpoint: Option<String>,
+    },
+    /// Manage the tenant's webhook endpoints.
+    Endpoints {
+        #[command(subcommand)]
+        action: EndpointCmd,
     },
     /// Verify a delivery's Standard Webhooks signature: exit 0 when valid, 1 with the reason.
     Verify {
@@ -337,13 +398,33 @@ async fn main() -> ExitCode {
             wait_and_print(&client, &submitted.response.id, *wait_timeout).await
         }
         Command::Webhook {
-            action: WebhookAction::Replay { id },
+            action:
+                WebhookAction::Replay {
+                    id,
+                    since,
+                    endpoint,
+                },
         } => {
             let client = match client(&cli) {
                 Ok(c) => c,
                 Err(e) => return usage(e),
             };
-            print_result(client.replay_event(id).await)
+            match (id, since) {
+                (Some(id), None) => print_result(client.replay_event(id).await),
+                (None, Some(since)) => {
+                    print_result(client.replay_failed(*since, endpoint.as_deref()).await)
+                }
+                _ => usage("give a job id or --since, not both"),
+            }
+        }
+        Command::Webhook {
+            action: WebhookAction::Endpoints { action },
+        } => {
+            let client = match client(&cli) {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            endpoints_command(&client, action).await
         }
         Command::Webhook {
             action:
@@ -500,6 +581,54 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn endpoints_command(client: &Client, cmd: &EndpointCmd) -> ExitCode {
+    use flotilla_producer::client::EndpointAction as A;
+    let (id, action) = match cmd {
+        EndpointCmd::List => return print_result(client.endpoints().await),
+        EndpointCmd::Create {
+            receiver,
+            events,
+            description,
+        } => {
+            let mut parsed = Vec::new();
+            for e in events {
+                match serde_json::from_value::<flotilla_shared::job::EventType>(e.as_str().into()) {
+                    Ok(t) => parsed.push(t),
+                    Err(_) => {
+                        return usage(format!(
+                            "--events: {e:?} is not one of job.started, job.succeeded, job.failed, job.canceled, job.expired"
+                        ))
+                    }
+                }
+            }
+            let events = (!parsed.is_empty()).then_some(parsed.as_slice());
+            return print_result(
+                client
+                    .create_endpoint(receiver, events, description.as_deref())
+                    .await,
+            );
+        }
+        EndpointCmd::Delete { id } => {
+            return match client.delete_endpoint(id).await {
+                Ok(()) => {
+                    println!("deleted {id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flotilla: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        EndpointCmd::Show { id } => (id, A::Show),
+        EndpointCmd::Secret { id } => (id, A::Secret),
+        EndpointCmd::Disable { id } => (id, A::Disable),
+        EndpointCmd::Enable { id } => (id, A::Enable),
+        EndpointCmd::Rotate { id } => (id, A::Rotate),
+    };
+    print_result(client.endpoint_action(id, action).await)
 }
 
 fn print_result<T: serde::Serialize>(r: Result<T, flotilla_producer::ClientError>) -> ExitCode {

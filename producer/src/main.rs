@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         tenants,
         config,
         events,
+        metrics: Arc::new(flotilla_shared::metrics::Metrics::new()),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

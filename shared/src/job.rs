@@ -182,6 +182,22 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// Wire name, e.g. `model_error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_input",
+            Self::ModelError => "model_error",
+            Self::Timeout => "timeout",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::Poison => "poison",
+            Self::Canceled => "canceled",
+            Self::Expired => "expired",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 /// `error` on a failed job: `{"kind", "message"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobError {

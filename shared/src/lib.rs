@@ -11,6 +11,7 @@
 //! - [`events`]: job events published for the webhook dispatcher.
 //! - [`endpoints`]: tenant webhook endpoints, their state, and the failed-delivery index.
 //! - [`webhook`]: Standard Webhooks signing and verification.
+//! - [`metrics`]: Prometheus metrics of both binaries.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod dlq;
 pub mod endpoints;
 pub mod events;
 pub mod job;
+pub mod metrics;
 pub mod names;
 pub mod shutdown;
 pub mod store;

@@ -48,6 +48,8 @@ impl StoreError {
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
                     || e.is_timeout()
+                    // LOADING (a restarted Redis reading its AOF), MASTERDOWN, TRYAGAIN...
+                    || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry)
             }
             Self::Corrupt { .. } => false,
         }

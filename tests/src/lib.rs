@@ -379,6 +379,38 @@ async fn receive(
     resp
 }
 
+/// GETs `http://<addr>/metrics` and returns the Prometheus text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels` (0 when no
+/// such sample exists); sums the matching samples.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 /// A random number below `n`, for fault injection.
 pub fn random_below(n: u32) -> u32 {
     // Good enough for fault injection: the low bits of a fresh v4 UUID.

@@ -95,6 +95,12 @@ pub async fn dead_letter(
     detail: &str,
 ) {
     tracing::warn!(reason, detail, source_queue, "dead-lettering a message");
+    ctx.metrics
+        .jobs_dead_lettered
+        .get_or_create(&flotilla_shared::metrics::ReasonLabel {
+            reason: reason.to_owned(),
+        })
+        .inc();
     let mut table = headers(
         [
             (HEADER_DLQ_REASON, reason),

@@ -12,7 +12,7 @@ use flotilla_shared::{
     names::{
         HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_JOB_ID, HEADER_TENANT,
     },
-    store::Outcome,
+    store::{Finish, Outcome},
 };
 use lapin::message::Delivery;
 use serde_json::json;
@@ -64,6 +64,16 @@ pub async fn handle(
         .or_else(|| header_str(props, HEADER_TENANT));
     entry.model = env.as_ref().map(|e| e.model.clone());
 
+    if worker_reason.is_none() {
+        // Dead-lettered by the broker itself (x-delivery-limit); the worker's own dead letters
+        // were counted when it sent them.
+        ctx.metrics
+            .jobs_dead_lettered
+            .get_or_create(&flotilla_shared::metrics::ReasonLabel {
+                reason: reason.clone(),
+            })
+            .inc();
+    }
     let from_jobs_queue = source.starts_with(&format!("{}.", ctx.names.jobs_exchange()));
     if let (None, true, Some(env)) = (&worker_reason, from_jobs_queue, &env) {
         let attempts = match ctx.retry_store(|| ctx.store.get(&env.id)).await {
@@ -81,13 +91,20 @@ pub async fn handle(
             timings: Timings::default(),
         };
         tracing::warn!(job_id = %env.id, %reason, attempts, "poison job dead-lettered by the broker; failing it");
-        if let Err(err) = ctx
+        match ctx
             .retry_store(|| ctx.store.finish_unleased(&env.id, &outcome))
             .await
         {
-            tracing::warn!(%err, "cannot record the poison job; requeueing the dead letter");
-            requeue(&delivery).await;
-            return;
+            Ok(Finish::Done(stored)) => {
+                ctx.metrics
+                    .job_finished(&stored.job, &stored.tenant, &ctx.pool)
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, "cannot record the poison job; requeueing the dead letter");
+                requeue(&delivery).await;
+                return;
+            }
         }
         if let Err(err) = ctx.events.ensure_terminal(&publisher, &env.id).await {
             tracing::warn!(%err, "job.failed event not durable; requeueing the dead letter");

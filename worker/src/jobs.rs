@@ -11,6 +11,7 @@ use chrono::Utc;
 use flotilla_shared::{
     amqp::Publisher,
     job::{Envelope, ErrorKind, EventType, JobError, JobStatus, Timings},
+    metrics::{CompletedLabels, JobLabels, ModelPool},
     store::{Claim, Finish, Outcome, Renewal},
 };
 use lapin::message::Delivery;
@@ -83,7 +84,22 @@ async fn process(
             .await;
             return;
         }
-        Claim::Terminal { status, .. } => {
+        Claim::Terminal {
+            status,
+            event_published,
+        } => {
+            if status == JobStatus::Expired && !event_published {
+                // The claim script just expired it (its deadline passed while queued).
+                ctx.metrics
+                    .jobs_completed
+                    .get_or_create(&CompletedLabels {
+                        model: env.model.clone(),
+                        tenant: env.tenant.clone(),
+                        pool: ctx.pool.clone(),
+                        outcome: status.as_str().to_owned(),
+                    })
+                    .inc();
+            }
             tracing::info!(
                 status = status.as_str(),
                 "already terminal; acking the duplicate"
@@ -133,8 +149,19 @@ async fn process(
         }
     };
     let (attempts, first_start, stored) = attempts;
+    let _running = InFlight::new(ctx);
     // Run what the record says, not what the message carries.
     let env = &stored.to_envelope();
+    if first_start {
+        let wait = (claimed_at - env.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+        ctx.metrics
+            .queue_wait
+            .get_or_create(&ModelPool {
+                model: env.model.clone(),
+                pool: ctx.pool.clone(),
+            })
+            .observe(wait);
+    }
     if first_start && ctx.events.wanted(&stored, EventType::Started).await {
         if let Err(err) = ctx
             .events
@@ -255,6 +282,14 @@ async fn process(
                 .delay(attempts, rand::random::<f64>())
                 .max(err.retry_after.unwrap_or_default());
             tracing::info!(error = %err.message, ?delay, attempts, "transient failure; retrying later");
+            ctx.metrics
+                .jobs_retried
+                .get_or_create(&JobLabels {
+                    model: env.model.clone(),
+                    tenant: env.tenant.clone(),
+                    pool: ctx.pool.clone(),
+                })
+                .inc();
             match ctx
                 .retry_store(|| ctx.store.release(&env.id, &owner, false))
                 .await
@@ -269,6 +304,26 @@ async fn process(
         }
     }
     finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
+}
+
+/// Counts this worker's running jobs in `flotilla_jobs_in_flight` while alive.
+struct InFlight<'a>(&'a Ctx);
+
+impl<'a> InFlight<'a> {
+    fn new(ctx: &'a Ctx) -> Self {
+        ctx.metrics.in_flight.get_or_create(&ctx.pool_label).inc();
+        Self(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .in_flight
+            .get_or_create(&self.0.pool_label)
+            .dec();
+    }
 }
 
 fn failed(kind: ErrorKind, message: String, usage: serde_json::Value, timings: Timings) -> Outcome {
@@ -309,6 +364,10 @@ async fn finish(
     match stored {
         Ok(finished @ (Finish::Done(_) | Finish::AlreadyTerminal)) => {
             tracing::info!(status = outcome.status.as_str(), "job finished");
+            if let Finish::Done(stored) = &finished {
+                ctx.metrics
+                    .job_finished(&stored.job, &stored.tenant, &ctx.pool);
+            }
             // The finish script returns the record: no second read for the event.
             let event = match &finished {
                 Finish::Done(stored) => ctx.events.ensure_of(publisher, stored).await,

@@ -33,7 +33,10 @@ use flotilla_shared::{
     store::{Store, StoreError},
 };
 
-use flotilla_shared::events::Events;
+use flotilla_shared::{
+    events::Events,
+    metrics::{Metrics, PoolLabel},
+};
 
 use crate::{
     pipeline::Pipeline,
@@ -95,6 +98,10 @@ pub struct Ctx {
     pub pool: String,
     /// Readiness flags.
     pub health: std::sync::Arc<Health>,
+    /// Prometheus metrics (served at the admin server's `/metrics`).
+    pub metrics: std::sync::Arc<Metrics>,
+    /// `{pool}` label of this worker's pool.
+    pub pool_label: PoolLabel,
 }
 
 impl Ctx {

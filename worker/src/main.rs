@@ -7,6 +7,7 @@ use clap::Parser;
 use flotilla_shared::{
     config::ConnArgs,
     events::Events,
+    metrics::{Metrics, PoolLabel},
     shutdown::shutdown_signal,
     store::{Store, StoreTtls},
     telemetry,
@@ -118,6 +119,13 @@ async fn main() -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let events = Events::new(store.clone(), tenants.clone(), &config.webhooks);
     let limits = EndpointLimits::new(config.webhooks.per_endpoint_concurrency);
+    let metrics = Arc::new(Metrics::new());
+    metrics
+        .capacity
+        .get_or_create(&PoolLabel {
+            pool: args.pool.clone(),
+        })
+        .set(i64::from(args.concurrency));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         names,
@@ -130,13 +138,17 @@ async fn main() -> anyhow::Result<()> {
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),
         health: health.clone(),
+        metrics: metrics.clone(),
+        pool_label: PoolLabel {
+            pool: args.pool.clone(),
+        },
     });
 
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding {}", args.admin_addr))?;
     tracing::info!(addr = %listener.local_addr()?, %worker_id, "admin listening");
-    let admin_router = admin::router(health.clone());
+    let admin_router = admin::router(health.clone(), metrics);
     let admin_task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, admin_router).await {
             tracing::error!(%err, "admin server stopped");

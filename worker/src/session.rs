@@ -38,6 +38,8 @@ pub struct SessionSettings {
 struct Session {
     conn: Connection,
     publisher: Publisher,
+    /// Channel for passive declares of the pool queue (queue depth, consumer count).
+    stats: Channel,
     consumers: Vec<(Channel, ShortString, Consumer, Kind)>,
 }
 
@@ -168,11 +170,49 @@ async fn open(ctx: &Ctx, s: &SessionSettings) -> Result<Session, lapin::Error> {
         add(ctx.names.dlq(), 8, Kind::Dlq).await?;
     }
     tracing::info!(pool = %ctx.pool, prefetch = s.concurrency, "consuming");
+    let stats = conn.create_channel().await?;
     Ok(Session {
         conn,
         publisher,
+        stats,
         consumers,
     })
+}
+
+/// Samples the pool queue (a passive declare): `flotilla_queue_depth` and
+/// `flotilla_scaling_ratio` = (ready + in-flight) / capacity of the fleet, estimated as every
+/// consumer running like this one: (ready + in_flight × consumers) / (capacity × consumers).
+async fn sample_queue(ctx: &Ctx, channel: &Channel) {
+    let queue = ctx.names.jobs_queue(&ctx.pool);
+    let opts = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = match channel
+        .queue_declare(
+            ShortString::from(queue.as_str()),
+            opts,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(q) => q,
+        Err(err) => {
+            tracing::debug!(%err, "cannot sample the queue");
+            return;
+        }
+    };
+    let m = &ctx.metrics;
+    let ready = f64::from(q.message_count());
+    let consumers = f64::from(q.consumer_count().max(1));
+    let in_flight = m.in_flight.get_or_create(&ctx.pool_label).get() as f64;
+    let capacity = m.capacity.get_or_create(&ctx.pool_label).get().max(1) as f64;
+    m.queue_depth
+        .get_or_create(&ctx.pool_label)
+        .set(i64::from(q.message_count()));
+    m.scaling_ratio
+        .get_or_create(&ctx.pool_label)
+        .set((ready + in_flight * consumers) / (capacity * consumers));
 }
 
 async fn serve(
@@ -188,10 +228,12 @@ async fn serve(
             .iter()
             .map(|(_, _, consumer, kind)| consumer.clone().map(move |d| (*kind, d))),
     );
+    let mut sample = tokio::time::interval(Duration::from_secs(5));
     let ended = loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break Ended::Shutdown,
+            _ = sample.tick() => sample_queue(ctx, &session.stats).await,
             next = streams.next() => match next {
                 Some((kind, Ok(delivery))) => {
                     let ctx = ctx.clone();

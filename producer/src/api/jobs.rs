@@ -207,6 +207,13 @@ pub async fn create(
         tracing::warn!(job_id = %env.id, %err, "could not commit the record after publish");
     }
     tracing::info!(job_id = %env.id, tenant = %tenant, model = %env.model, "job accepted");
+    st.metrics
+        .jobs_submitted
+        .get_or_create(&flotilla_shared::metrics::ModelTenant {
+            model: env.model.clone(),
+            tenant: tenant.clone(),
+        })
+        .inc();
     Ok((
         StatusCode::ACCEPTED,
         Json(submit_response(&env.id, JobStatus::Queued, env.created_at)),
@@ -284,6 +291,15 @@ pub async fn cancel(
                 }
             }
             tracing::info!(job_id = %id, "job canceled");
+            st.metrics
+                .jobs_completed
+                .get_or_create(&flotilla_shared::metrics::CompletedLabels {
+                    model: before.job.model.clone(),
+                    tenant: tenant.clone(),
+                    pool: "api".into(),
+                    outcome: "canceled".into(),
+                })
+                .inc();
             Ok((StatusCode::OK, Json(load_own(&st, &tenant, &id).await?.job)))
         }
         Cancel::Requested => {

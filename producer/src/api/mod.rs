@@ -11,6 +11,7 @@
 //! | `GET /v1/models` | the model catalogue |
 //! | `/v1/admin/dlq...` | dead letters: list, show, replay, purge (admin tenants; see [`admin`]) |
 //! | `GET /healthz` | `200` while the process runs |
+//! | `GET /metrics` | Prometheus metrics (`flotilla_*`) |
 //! | `GET /readyz` | `200` when the broker and Redis answer, else `503` |
 
 pub mod admin;
@@ -22,13 +23,20 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
+use axum::{extract::MatchedPath, http::Request, middleware::Next, response::Response};
 use axum::{
     extract::{DefaultBodyLimit, State},
     http::StatusCode,
     routing::{get, post},
     Json, Router,
 };
-use flotilla_shared::{config::FileConfig, config::TenantIndex, events::Events, store::Store};
+use flotilla_shared::{
+    config::FileConfig,
+    config::TenantIndex,
+    events::Events,
+    metrics::{ApiLabels, Metrics, RouteLabels},
+    store::Store,
+};
 use serde_json::json;
 
 use crate::broker::BrokerLink;
@@ -48,6 +56,8 @@ pub struct AppState {
     pub config: FileConfig,
     /// Event publishing (cancel, replays) and the tenant endpoint cache.
     pub events: Events,
+    /// Prometheus metrics, served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds the router over shared state.
@@ -85,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/dlq/{entry_id}/replay", post(admin::replay))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -95,6 +107,50 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// Counts and times every routed request by route template, method and status.
+async fn track(
+    State(st): State<Arc<AppState>>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &st.metrics;
+    m.api_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.api_requests
+        .get_or_create(&ApiLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// `/metrics` in the Prometheus text format (unauthenticated, like `/healthz`: expose it only
+/// to the scraper's network).
+async fn metrics(
+    State(st): State<Arc<AppState>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {

@@ -154,12 +154,33 @@ async fn main() -> ExitCode {
     }
 
     let ids = ids.unwrap_or_default();
+    // The loop may end right after Redis was restarted: count once it has loaded its AOF.
+    eventually(Duration::from_secs(30), || async {
+        store.ping().await.is_ok()
+    })
+    .await;
     let mut terminal = 0;
     let mut succeeded = 0;
+    let mut shown = 0;
     for id in &ids {
-        if let Ok(Some(j)) = with_retries(|| store.get(id)).await {
+        let got = with_retries(|| store.get(id)).await;
+        if let Ok(Some(j)) = &got {
             terminal += usize::from(j.job.status.is_terminal());
             succeeded += usize::from(j.job.status == JobStatus::Succeeded);
+        }
+        let open = !matches!(&got, Ok(Some(j)) if j.job.status.is_terminal());
+        if open && shown < 5 {
+            shown += 1;
+            match &got {
+                Ok(Some(j)) => eprintln!(
+                    "chaos: not terminal: {id} status={} attempts={} lease_owner={:?} event_published={}",
+                    j.job.status.as_str(),
+                    j.job.attempts,
+                    j.lease_owner,
+                    j.event_published
+                ),
+                other => eprintln!("chaos: not terminal: {id} read={other:?}"),
+            }
         }
     }
     let lost = JOBS - terminal;

@@ -32,6 +32,7 @@ use flotilla_shared::{
     config::WebhooksConfig,
     endpoints::{self, job_url_endpoint, Endpoint, FailedDelivery, JOB_DESTINATION},
     job::{EventType, WebhookStatus},
+    metrics::{OutcomeLabel, StatusClassLabel},
     names::{
         HEADER_ATTEMPT, HEADER_ENDPOINT, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_JOB_ID,
         HEADER_NOT_BEFORE, HEADER_TENANT, HEADER_WEBHOOK_URL,
@@ -393,7 +394,7 @@ async fn deliver(
             0.0,
         )
         .await;
-        give_up(ctx, msg, &failed, &why).await;
+        give_up(ctx, msg, &failed, &why, true).await;
         ack(delivery).await;
         return;
     }
@@ -411,7 +412,7 @@ async fn deliver(
             0.0,
         )
         .await;
-        give_up(ctx, msg, &failed, why).await;
+        give_up(ctx, msg, &failed, why, false).await;
         ack(delivery).await;
         return;
     }
@@ -453,6 +454,18 @@ async fn deliver(
     };
     drop(slot);
     drop(admitted);
+    let m = &ctx.metrics;
+    m.webhook_duration.observe(started.elapsed().as_secs_f64());
+    let status = match &result {
+        Ok(d) => Some(d.status),
+        Err(e) => e.status,
+    };
+    let class = status.map_or_else(|| "none".to_owned(), |s| format!("{}xx", s / 100));
+    m.webhook_attempts
+        .get_or_create(&StatusClassLabel {
+            status_class: class,
+        })
+        .inc();
     log_attempt(
         ctx,
         msg,
@@ -467,6 +480,7 @@ async fn deliver(
         Ok(d) => {
             tracing::info!(job_id = %msg.job_id, endpoint = dest, status = d.status, attempt, "webhook delivered");
             set_status(ctx, &msg.job_id, WebhookStatus::Delivered).await;
+            count_final(ctx, "delivered");
             ack(delivery).await;
         }
         Err(e) if e.status == Some(410) => {
@@ -478,7 +492,7 @@ async fn deliver(
                 tracing::warn!(%err, "cannot record the disabled endpoint");
             }
             ctx.events.endpoints().invalidate(&msg.tenant);
-            give_up(ctx, msg, &failed, why).await;
+            give_up(ctx, msg, &failed, why, true).await;
             ack(delivery).await;
         }
         Err(e) if e.permanent || attempt as usize >= cfg.schedule_s.len() => {
@@ -488,7 +502,7 @@ async fn deliver(
                 format!("{attempt} attempts failed; last: {}", e.message)
             };
             tracing::warn!(job_id = %msg.job_id, endpoint = dest, %why, "webhook delivery gave up");
-            give_up(ctx, msg, &failed, &why).await;
+            give_up(ctx, msg, &failed, &why, false).await;
             let queue = ctx.names.events_queue();
             dead_letter(ctx, publisher, delivery, &queue, "webhook_failed", &why).await;
         }
@@ -506,8 +520,19 @@ async fn deliver(
     }
 }
 
-/// Records a final failure: the job's `webhook_status` and the tenant's failed index.
-async fn give_up(ctx: &Ctx, msg: &EventMsg, failed: &FailedDelivery, why: &str) {
+fn count_final(ctx: &Ctx, outcome: &str) {
+    ctx.metrics
+        .webhook_deliveries
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+}
+
+/// Records a final failure: the job's `webhook_status`, the tenant's failed index, and
+/// `flotilla_webhook_deliveries_total{outcome}` (`disabled` for a 410 or a disabled endpoint).
+async fn give_up(ctx: &Ctx, msg: &EventMsg, failed: &FailedDelivery, why: &str, disabled: bool) {
+    count_final(ctx, if disabled { "disabled" } else { "failed" });
     set_status(ctx, &msg.job_id, WebhookStatus::Failed).await;
     let keep = Duration::from_secs(ctx.config.jobs.result_ttl_s);
     let recorded = ctx

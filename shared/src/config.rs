@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub jobs: JobsConfig,
     /// Webhook delivery settings.
     pub webhooks: WebhooksConfig,
+    /// Drift detection, `[drift]`.
+    pub drift: crate::drift::DriftConfig,
     /// Built-in model settings.
     pub models: ModelsConfig,
     /// Tenants and their API keys.
@@ -508,6 +510,16 @@ impl FileConfig {
         }
         if w.max_payload_bytes < 1024 {
             return bad("webhooks.max_payload_bytes: at least 1024");
+        }
+        let d = &self.drift;
+        if !(d.threshold > 0.0 && d.threshold.is_finite())
+            || d.bucket_s == 0
+            || d.window_s < d.bucket_s
+            || d.flush_ms < 100
+        {
+            return bad(
+                "drift: threshold > 0, bucket_s >= 1, window_s >= bucket_s, flush_ms >= 100",
+            );
         }
         if !(0.0..=1.0).contains(&self.models.sim.fail_rate) {
             return bad("models.sim.fail_rate: between 0 and 1");

@@ -12,6 +12,7 @@
 //! - [`endpoints`]: tenant webhook endpoints, their state, and the failed-delivery index.
 //! - [`webhook`]: Standard Webhooks signing and verification.
 //! - [`metrics`]: Prometheus metrics of both binaries.
+//! - [`drift`]: output-distribution drift (population stability index).
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod amqp;
 pub mod catalog;
 pub mod config;
 pub mod dlq;
+pub mod drift;
 pub mod endpoints;
 pub mod events;
 pub mod job;

@@ -184,3 +184,134 @@ async fn metrics_count_a_known_sequence_of_jobs_exactly() {
         ) >= 7.0
     );
 }
+
+/// The bundled UCI review sentences with their dataset labels (1 positive, 0 negative).
+fn reviews() -> Vec<(String, u8)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sentiment");
+    let mut rows = Vec::new();
+    for file in ["amazon_cells_labelled.txt", "yelp_labelled.txt"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("bundled data");
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
+            if let Some((s, l)) = line.rsplit_once('\t') {
+                rows.push((s.to_owned(), l.trim().parse().unwrap_or(0)));
+            }
+        }
+    }
+    rows
+}
+
+async fn run_all(client: &flotilla_producer::Client, texts: &[&String]) {
+    let mut ids = Vec::new();
+    for t in texts {
+        ids.push(submit_id(client, &job("sentiment", json!({"text": t}), None)).await);
+    }
+    for id in &ids {
+        let j = client
+            .wait(id, Duration::from_secs(60))
+            .await
+            .expect("ends");
+        assert_eq!(j.status, JobStatus::Succeeded);
+    }
+}
+
+#[tokio::test]
+async fn drift_psi_crosses_the_threshold_when_the_input_mix_changes() {
+    let opts = EnvOptions {
+        jobs_toml: "lease_s = 3\n\n[drift]\nbaseline_size = 300\nbucket_s = 1\nwindow_s = 120\n\
+                    min_recent = 50\nflush_ms = 200\nthreshold = 0.2\n"
+            .into(),
+        ..EnvOptions::default()
+    };
+    let mut env = TestEnv::with_options("drift", opts).await;
+    let client = env.start_producer().await;
+    let w = env.start_worker(&["--concurrency", "8"]).await;
+    let rows = reviews();
+    let report = || async {
+        let url = format!(
+            "http://{}/v1/models/sentiment/drift",
+            env.producer.as_ref().expect("producer").addr
+        );
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(flotilla_tests::ALPHA_KEY)
+            .send()
+            .await
+            .expect("drift")
+            .json::<serde_json::Value>()
+            .await
+            .expect("json")
+    };
+    let total = |v: &serde_json::Value, k: &str| -> u64 {
+        v[k].as_object()
+            .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+            .unwrap_or(0)
+    };
+
+    // Baseline: 300 reviews of the usual mix (every 4th line of both files).
+    let mixed: Vec<&String> = rows.iter().step_by(4).map(|(t, _)| t).collect();
+    run_all(&client, &mixed[..300]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            total(&report().await, "baseline") == 300
+        })
+        .await,
+        "{}",
+        report().await
+    );
+    // The same mix again: small PSI.
+    let more: Vec<&String> = rows
+        .iter()
+        .skip(2)
+        .step_by(4)
+        .map(|(t, _)| t)
+        .take(100)
+        .collect();
+    run_all(&client, &more).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            total(&report().await, "recent") == 100
+        })
+        .await
+    );
+    let steady = report().await;
+    let steady_psi = steady["psi"].as_f64().expect("psi");
+    assert!(steady_psi < 0.1, "{steady}");
+    assert_eq!(steady["drifting"], false);
+
+    // Then only the reviews the dataset calls negative: the output mix shifts.
+    let negative: Vec<&String> = rows
+        .iter()
+        .filter(|(_, l)| *l == 0)
+        .map(|(t, _)| t)
+        .take(400)
+        .collect();
+    run_all(&client, &negative).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            total(&report().await, "recent") == 500
+        })
+        .await,
+        "{}",
+        report().await
+    );
+    let shifted = report().await;
+    assert_eq!(shifted["drifting"], true, "{shifted}");
+    let worker = env.workers[w].addr;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(
+                &scrape(worker).await,
+                "flotilla_drift_psi",
+                &[("model", "sentiment")],
+            ) > 0.2
+        })
+        .await,
+        "{}",
+        scrape(worker).await
+    );
+    eprintln!(
+        "drift: steady PSI {steady_psi:.4}, shifted PSI {}",
+        shifted["psi"]
+    );
+    assert!(env.logs().contains("drifted from the baseline"));
+}

@@ -367,6 +367,9 @@ async fn finish(
             if let Finish::Done(stored) = &finished {
                 ctx.metrics
                     .job_finished(&stored.job, &stored.tenant, &ctx.pool);
+                if let Some(output) = &stored.job.output {
+                    ctx.drift.observe(&stored.job.model, output);
+                }
             }
             // The finish script returns the record: no second read for the event.
             let event = match &finished {

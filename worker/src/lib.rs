@@ -5,6 +5,7 @@
 //! - [`jobs`]: one job delivery from decode to ack (claim, run, finish, event, ack).
 //! - [`actions`]: the ways a delivery ends — ack, defer to a delay tier, dead-letter, requeue.
 //! - [`dlq`]: the dead-letter consumer (records entries, fails poison jobs).
+//! - [`drift`]: output-category counts for drift detection.
 //! - [`decode`]: envelope decoding with dead-letter reasons.
 //! - [`pipeline`]: validate → preprocess → infer → postprocess.
 //! - [`models`]: built-in models (sentiment, langid, tokens, sim).
@@ -16,6 +17,7 @@ pub mod actions;
 pub mod admin;
 pub mod decode;
 pub mod dlq;
+pub mod drift;
 pub mod jobs;
 pub mod models;
 pub mod pipeline;
@@ -102,6 +104,8 @@ pub struct Ctx {
     pub metrics: std::sync::Arc<Metrics>,
     /// `{pool}` label of this worker's pool.
     pub pool_label: PoolLabel,
+    /// Output-category counts for drift detection.
+    pub drift: std::sync::Arc<drift::DriftRecorder>,
 }
 
 impl Ctx {

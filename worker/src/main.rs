@@ -14,6 +14,7 @@ use flotilla_shared::{
 };
 use flotilla_worker::{
     admin,
+    drift::DriftRecorder,
     models::Models,
     pipeline::Pipeline,
     session::{self, SessionSettings},
@@ -126,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
             pool: args.pool.clone(),
         })
         .set(i64::from(args.concurrency));
+    let drift = Arc::new(DriftRecorder::new(config.drift.clone()));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         names,
@@ -142,7 +144,9 @@ async fn main() -> anyhow::Result<()> {
         pool_label: PoolLabel {
             pool: args.pool.clone(),
         },
+        drift: drift.clone(),
     });
+    let drift_task = tokio::spawn(drift.run(store.clone(), metrics.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -187,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     pinger.abort();
+    drift_task.abort();
     admin_task.abort();
     tracing::info!("worker stopped");
     // A model call that outlived its timeout may still occupy a blocking thread; the runtime

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState, AuthTenant};
 
-fn require_admin(st: &AppState, tenant: &str) -> Result<(), ApiError> {
+pub(crate) fn require_admin(st: &AppState, tenant: &str) -> Result<(), ApiError> {
     if st.tenants.get(tenant).is_some_and(|t| t.admin) {
         Ok(())
     } else {

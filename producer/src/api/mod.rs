@@ -9,6 +9,8 @@
 //! | `POST /v1/jobs/{id}/deliveries/replay` | send the terminal event again (same `webhook-id`) |
 //! | `/v1/webhook-endpoints...`, `POST /v1/webhooks/replay` | tenant endpoints and replay (see [`webhooks`]) |
 //! | `GET /v1/models` | the model catalogue |
+//! | `GET /v1/models/{name}/drift` | PSI of recent outputs vs the baseline, with both distributions |
+//! | `POST /v1/models/{name}/drift/reset` | forget the baseline (admin): the next outputs form a new one |
 //! | `/v1/admin/dlq...` | dead letters: list, show, replay, purge (admin tenants; see [`admin`]) |
 //! | `GET /healthz` | `200` while the process runs |
 //! | `GET /metrics` | Prometheus metrics (`flotilla_*`) |
@@ -86,6 +88,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/webhook-endpoints/{id}/rotate", post(webhooks::rotate))
         .route("/v1/webhooks/replay", post(webhooks::replay_failed))
         .route("/v1/models", get(models))
+        .route("/v1/models/{name}/drift", get(drift))
+        .route("/v1/models/{name}/drift/reset", post(drift_reset))
         .route("/v1/admin/dlq", get(admin::list))
         .route("/v1/admin/dlq/purge", post(admin::purge))
         .route(
@@ -151,6 +155,45 @@ async fn metrics(
         )],
         st.metrics.render(),
     )
+}
+
+fn model_name(name: &str) -> Result<&'static str, ApiError> {
+    flotilla_shared::catalog::ModelName::parse(name)
+        .map(|m| m.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("no model {name:?}")))
+}
+
+/// `GET /v1/models/{name}/drift`: the model's drift report (see `flotilla_shared::drift`).
+async fn drift(
+    State(st): State<Arc<AppState>>,
+    _tenant: AuthTenant,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<flotilla_shared::drift::DriftReport>, ApiError> {
+    let model = model_name(&name)?;
+    let now_s = chrono::Utc::now().timestamp().max(0) as u64;
+    let cfg = &st.config.drift;
+    let report = flotilla_shared::store::with_retries(|| {
+        flotilla_shared::drift::report(&st.store, cfg, model, now_s)
+    })
+    .await?;
+    Ok(Json(report))
+}
+
+/// `POST /v1/models/{name}/drift/reset` (admin): deletes the baseline and the recent window.
+async fn drift_reset(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin::require_admin(&st, &tenant)?;
+    let model = model_name(&name)?;
+    let deleted =
+        flotilla_shared::store::with_retries(|| flotilla_shared::drift::reset(&st.store, model))
+            .await?;
+    tracing::info!(%model, %tenant, "drift baseline reset");
+    Ok(Json(
+        json!({"model": model, "reset": true, "keys_deleted": deleted}),
+    ))
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {

@@ -31,7 +31,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.conn.log_format);
+    let telemetry = telemetry::init(args.conn.log_format, "flotilla-producer");
     let (names, config) = match args.conn.load() {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     keeper.abort();
     broker.close().await;
     tracing::info!("producer stopped");
+    telemetry.shutdown();
     Ok(())
 }
 

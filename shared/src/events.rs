@@ -120,6 +120,9 @@ impl Events {
         if let Some(d) = destination {
             pairs.push((HEADER_ENDPOINT, d));
         }
+        if let Some(tp) = &stored.traceparent {
+            pairs.push((crate::trace::TRACEPARENT, tp.as_str()));
+        }
         let props = json_properties(&id, headers(pairs, []));
         let names = self.store.names();
         publisher

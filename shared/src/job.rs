@@ -260,6 +260,10 @@ pub struct Job {
     /// for jobs without webhooks. The result stays queryable either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_status: Option<WebhookStatus>,
+    /// W3C trace id of the job (32 hex digits): the submitting request's, else a new one.
+    /// The worker's spans and every webhook request (`traceparent`) carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Final outcome of a job's webhook deliveries.

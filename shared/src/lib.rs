@@ -13,7 +13,8 @@
 //! - [`webhook`]: Standard Webhooks signing and verification.
 //! - [`metrics`]: Prometheus metrics of both binaries.
 //! - [`drift`]: output-distribution drift (population stability index).
-//! - [`telemetry`]: `tracing` set-up.
+//! - [`telemetry`]: `tracing` set-up and OpenTelemetry export.
+//! - [`trace`]: W3C trace context carried from the API to the webhook.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,6 +33,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod webhook;
 
 /// Hex SHA-256 of `bytes` (64 lowercase hex digits).

@@ -6,7 +6,8 @@
 //!
 //! Job hash fields: `id tenant model status input params webhook metadata created_at deadline
 //! timeout_s attempts started_at completed_at output error usage timings lease_owner
-//! lease_until_ms event_published webhook_status submitting body_hash idempotency_key`.
+//! lease_until_ms event_published webhook_status submitting body_hash idempotency_key
+//! traceparent`.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -227,6 +228,8 @@ pub struct StoredJob {
     pub deadline: Option<DateTime<Utc>>,
     /// Per-attempt model-call limit, seconds, if the job gave one.
     pub timeout_s: Option<u64>,
+    /// W3C `traceparent` of the request that submitted the job.
+    pub traceparent: Option<String>,
 }
 
 struct Scripts {
@@ -339,6 +342,7 @@ impl Store {
         env: &Envelope,
         body_hash: &str,
         idempotency_key: Option<&str>,
+        traceparent: Option<&str>,
     ) -> StoreResult<()> {
         let key = self.names.job_key(&env.id);
         let mut fields: Vec<(&str, String)> = vec![
@@ -366,6 +370,9 @@ impl Store {
         }
         if let Some(k) = idempotency_key {
             fields.push(("idempotency_key", k.into()));
+        }
+        if let Some(tp) = traceparent {
+            fields.push(("traceparent", tp.into()));
         }
         let mut c = self.conn.clone();
         let _: () = redis::pipe()
@@ -857,6 +864,9 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         completed_at: time("completed_at")?,
         timings,
         webhook_status: text("webhook_status").and_then(WebhookStatus::parse),
+        trace_id: text("traceparent")
+            .and_then(crate::trace::TraceParent::parse)
+            .map(|t| t.trace_id_hex()),
     };
     Ok(StoredJob {
         job,
@@ -867,5 +877,6 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         lease_owner: text("lease_owner").map(str::to_owned),
         deadline: time("deadline")?,
         timeout_s: text("timeout_s").and_then(|t| t.parse().ok()),
+        traceparent: text("traceparent").map(str::to_owned),
     })
 }

@@ -179,6 +179,8 @@ pub struct Hit {
     pub signature: String,
     /// Raw body bytes (to verify with another secret).
     pub raw: Bytes,
+    /// Raw `traceparent` header.
+    pub traceparent: String,
 }
 
 impl Hit {
@@ -367,6 +369,7 @@ async fn receive(
         timestamp: h(HEADER_TIMESTAMP),
         signature: h(HEADER_SIGNATURE),
         raw: body,
+        traceparent: h("traceparent"),
     });
     ctl.in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut resp = status.into_response();
@@ -613,6 +616,7 @@ impl TestEnv {
             .env("FLOTILLA_REDIS_URL", &self.redis_url)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -624,12 +628,17 @@ impl TestEnv {
 
     /// Starts the producer and waits until `/readyz` is 200.
     pub async fn start_producer(&mut self) -> Client {
+        self.start_producer_with_env(&[]).await
+    }
+
+    /// As [`Self::start_producer`], with extra environment variables.
+    pub async fn start_producer_with_env(&mut self, env: &[(&str, &str)]) -> Client {
         let addr = free_addr();
         let (child, log) = self.spawn(
             "flotilla-producer",
             &["--listen".into(), addr.to_string()],
             "producer.log",
-            &[],
+            env,
         );
         let proc_ = Proc { child, addr, log };
         wait_ready(&format!("http://{addr}/readyz"), &proc_).await;

@@ -13,6 +13,7 @@ use flotilla_shared::{
     job::{Envelope, ErrorKind, EventType, JobError, JobStatus, Timings},
     metrics::{CompletedLabels, JobLabels, ModelPool},
     store::{Claim, Finish, Outcome, Renewal},
+    trace::TraceParent,
 };
 use lapin::message::Delivery;
 use serde_json::json;
@@ -41,7 +42,13 @@ pub async fn handle(
             return;
         }
     };
-    let span = tracing::info_span!("job", job_id = %env.id, model = %env.model, attempt = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "job",
+        job_id = %env.id,
+        model = %env.model,
+        attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
     process(&ctx, &publisher, &delivery, &env, abort)
         .instrument(span)
         .await;
@@ -150,6 +157,12 @@ async fn process(
     };
     let (attempts, first_start, stored) = attempts;
     let _running = InFlight::new(ctx);
+    // One trace per job: every attempt's span is a child of the submitting request.
+    if let Some(tp) = stored.traceparent.as_deref().and_then(TraceParent::parse) {
+        let span = tracing::Span::current();
+        span.record("trace_id", tracing::field::display(tp.trace_id_hex()));
+        tp.attach(&span);
+    }
     // Run what the record says, not what the message carries.
     let env = &stored.to_envelope();
     if first_start {

@@ -62,7 +62,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.conn.log_format);
+    let telemetry = telemetry::init(args.conn.log_format, "flotilla-worker");
     let (names, config) = args.conn.load().unwrap_or_else(|e| fail(e));
     let tenants = config.tenants().unwrap_or_else(|e| fail(e));
     if !config.jobs.pools.contains(&args.pool) {
@@ -194,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
     drift_task.abort();
     admin_task.abort();
     tracing::info!("worker stopped");
+    telemetry.shutdown();
     // A model call that outlived its timeout may still occupy a blocking thread; the runtime
     // would wait for it on drop. Everything is acked, requeued or released by now: leave.
     std::process::exit(0)

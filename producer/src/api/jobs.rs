@@ -20,6 +20,9 @@ use flotilla_shared::{
 };
 use serde_json::Value;
 
+use flotilla_shared::trace::{TraceParent, TRACEPARENT};
+use tracing::Instrument as _;
+
 use super::{validate, ApiError, AppState, AuthTenant};
 
 /// Header naming a caller's idempotency key.
@@ -88,13 +91,35 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// `POST /v1/jobs`.
+/// `POST /v1/jobs`. A valid `traceparent` header puts the job in the caller's trace; without
+/// one the job starts a trace of its own.
 pub async fn create(
     State(st): State<Arc<AppState>>,
     AuthTenant(tenant): AuthTenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let incoming = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(TraceParent::new_root);
+    let span = tracing::info_span!("submit", trace_id = %incoming.trace_id_hex());
+    incoming.attach(&span);
+    let outgoing = incoming.outgoing(&span);
+    submit(st, tenant, headers, body, outgoing)
+        .instrument(span)
+        .await
+}
+
+async fn submit(
+    st: Arc<AppState>,
+    tenant: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    trace: TraceParent,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let traceparent = trace.to_string();
     let req: JobRequest = parse_body(body, &headers, st.config.jobs.max_body_bytes)?;
     let has_secret = st
         .tenants
@@ -135,7 +160,11 @@ pub async fn create(
 
     // The record exists before the idempotency key points at it, so a concurrent duplicate
     // that reads the key always finds the record.
-    with_retries(|| st.store.create(&env, &body_hash, idem_key.as_deref())).await?;
+    with_retries(|| {
+        st.store
+            .create(&env, &body_hash, idem_key.as_deref(), Some(&traceparent))
+    })
+    .await?;
 
     if let Some(key) = &idem_key {
         // Loops only when the key vanished between SET NX and GET (expiry, a failed winner).
@@ -189,7 +218,7 @@ pub async fn create(
         }
     }
 
-    if let Err(err) = publish(&st, &env).await {
+    if let Err(err) = publish(&st, &env, &traceparent).await {
         tracing::warn!(job_id = %env.id, %err, "publish failed; job not accepted");
         // Leave no `queued` orphan and free the idempotency key for a retry.
         if let Err(e) = with_retries(|| st.store.discard_submission(&env.id)).await {
@@ -220,12 +249,19 @@ pub async fn create(
     ))
 }
 
-async fn publish(st: &AppState, env: &Envelope) -> Result<(), flotilla_shared::amqp::PublishError> {
+async fn publish(
+    st: &AppState,
+    env: &Envelope,
+    traceparent: &str,
+) -> Result<(), flotilla_shared::amqp::PublishError> {
     let publisher = st.broker.publisher().await?;
     let body = serde_json::to_vec(env).map_err(|e| {
         flotilla_shared::amqp::PublishError::Returned(format!("unserialisable envelope: {e}"))
     })?;
-    let props = json_properties(&env.id, headers([], [(HEADER_ATTEMPT, 0)]));
+    let props = json_properties(
+        &env.id,
+        headers([(TRACEPARENT, traceparent)], [(HEADER_ATTEMPT, 0)]),
+    );
     let names = st.store.names();
     let pool = st
         .config

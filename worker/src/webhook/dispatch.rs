@@ -39,6 +39,7 @@ use flotilla_shared::{
     },
     now_ms,
     store::rfc3339,
+    trace::{TraceParent, TRACEPARENT},
 };
 use lapin::{
     message::Delivery,
@@ -47,6 +48,7 @@ use lapin::{
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::client::{elapsed_ms, DeliveryError};
 use crate::{
@@ -440,10 +442,26 @@ async fn deliver(
     };
 
     let attempt = msg.attempts_done + 1;
+    // The request continues the job's trace: traceparent = this attempt's span.
+    let span = tracing::info_span!("webhook", job_id = %msg.job_id, endpoint = dest, attempt, trace_id = tracing::field::Empty);
+    let parent = header_str(&delivery.properties, TRACEPARENT)
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(TraceParent::new_root);
+    span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
+    parent.attach(&span);
+    let traceparent = parent.outgoing(&span).to_string();
     let started = Instant::now();
     let send = ctx
         .webhooks
-        .send(&endpoint.url, &msg.event_id, &delivery.data, &secrets, None);
+        .send(
+            &endpoint.url,
+            &msg.event_id,
+            &delivery.data,
+            &secrets,
+            Some(&traceparent),
+        )
+        .instrument(span);
     let result = tokio::select! {
         r = send => r,
         () = abort.cancelled() => {

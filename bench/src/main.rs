@@ -12,17 +12,19 @@
 //! - [`ceiling`]: the raw broker + Redis loop.
 //! - [`runs`]: the Flotilla measurements.
 //! - [`receiver`]: the in-process, verifying webhook receiver.
+//! - [`cpu`]: CPU time per process and role (`/proc/<pid>/stat`).
 //! - [`stats`], [`report`]: medians, spreads, ratios; `report.json` and `report.md`.
 #![forbid(unsafe_code)]
 
 mod ceiling;
+mod cpu;
 mod fleet;
 mod receiver;
 mod report;
 mod runs;
 mod stats;
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -30,6 +32,7 @@ use flotilla_shared::config::{DEFAULT_AMQP_URL, DEFAULT_REDIS_URL};
 
 use crate::{
     ceiling::CeilingSettings,
+    cpu::Roles,
     fleet::{Fleet, FleetSettings, Proc},
     receiver::Receiver,
     report::{Config, Machine, Round},
@@ -221,9 +224,10 @@ async fn measure(
     texts: &[runs::Labelled],
 ) -> anyhow::Result<Vec<Round>> {
     let receiver = Receiver::start(fleet.webhook_secret.clone()).await?;
+    let servers = servers(args);
     let mut rounds = Vec::new();
     for round in 1..=usize::from(args.rounds) {
-        let r = one_round(args, fleet, &receiver, texts, round)
+        let r = one_round(args, fleet, &receiver, texts, &servers, round)
             .await
             .with_context(|| format!("round {round}"))?;
         rounds.push(r);
@@ -238,6 +242,62 @@ async fn measure(
     Ok(rounds)
 }
 
+/// The broker and Redis as the processes listening on the configured ports (when local and
+/// visible), plus this process, for the CPU accounting.
+fn servers(args: &Args) -> Roles {
+    let port = |url: &str, default: u16| {
+        reqwest::Url::parse(url)
+            .ok()
+            .map(|u| u.port().unwrap_or(default))
+            .unwrap_or(default)
+    };
+    let mut roles: Roles = vec![("bench", vec![std::process::id()])];
+    for (role, p) in [
+        ("rabbitmq", port(&args.amqp_url, 5672)),
+        ("redis", port(&args.redis_url, 6379)),
+    ] {
+        match cpu::listener_pid(p) {
+            Some(pid) => roles.push((role, vec![pid])),
+            None => {
+                eprintln!("bench: no local process listens on port {p}; {role} CPU not counted")
+            }
+        }
+    }
+    roles
+}
+
+/// `servers` plus the producer and workers running now.
+fn roles(servers: &Roles, producer: Option<&Proc>, workers: &[Proc]) -> Roles {
+    let mut r = servers.clone();
+    if let Some(p) = producer {
+        r.push(("producer", vec![p.pid()]));
+    }
+    if !workers.is_empty() {
+        r.push(("workers", workers.iter().map(Proc::pid).collect()));
+    }
+    r
+}
+
+/// CPU µs per unit of work, per role, of each measurement of a round.
+type CpuTable = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Runs `work` and records the CPU each role spent on it, per `units`.
+async fn with_cpu<T>(
+    cpu: &mut CpuTable,
+    key: &str,
+    roles: &Roles,
+    units: usize,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let before = cpu::Sample::take(roles);
+    let out = work.await?;
+    cpu.insert(
+        key.to_owned(),
+        before.per_unit_us(&cpu::Sample::take(roles), units),
+    );
+    Ok(out)
+}
+
 fn say(round: usize, what: &str, figure: String) {
     eprintln!("bench: round {round}: {what}: {figure}");
 }
@@ -247,18 +307,26 @@ async fn one_round(
     fleet: &mut Fleet,
     receiver: &Receiver,
     texts: &[runs::Labelled],
+    servers: &Roles,
     round: usize,
 ) -> anyhow::Result<Round> {
     let timeout = Duration::from_secs(args.timeout_s);
     let grace = Duration::from_secs(10);
-    let ceiling = ceiling::run(
-        fleet,
-        CeilingSettings {
-            messages: args.ceiling_messages,
-            in_flight: args.ceiling_in_flight,
-            prefetch: args.ceiling_prefetch,
-            timeout,
-        },
+    let mut cpu = CpuTable::new();
+    let ceiling = with_cpu(
+        &mut cpu,
+        "ceiling",
+        servers,
+        args.ceiling_messages,
+        ceiling::run(
+            fleet,
+            CeilingSettings {
+                messages: args.ceiling_messages,
+                in_flight: args.ceiling_in_flight,
+                prefetch: args.ceiling_prefetch,
+                timeout,
+            },
+        ),
     )
     .await
     .context("ceiling")?;
@@ -287,9 +355,15 @@ async fn one_round(
     let redis = fleet.store.connection();
     let names = fleet.names.clone();
 
-    let (http, queued) = runs::http_submit(&client, args.http_jobs, args.http_concurrency)
-        .await
-        .context("HTTP submit")?;
+    let (http, queued) = with_cpu(
+        &mut cpu,
+        "http",
+        &roles(servers, Some(&producer), &[]),
+        args.http_jobs,
+        runs::http_submit(&client, args.http_jobs, args.http_concurrency),
+    )
+    .await
+    .context("HTTP submit")?;
     say(
         round,
         "HTTP submit",
@@ -297,23 +371,29 @@ async fn one_round(
     );
 
     let mut workers: Vec<Proc> = vec![fleet.start_worker(&format!("r{round}-w1")).await?];
-    let drain_1w = runs::drain(&redis, &names, &queued, timeout)
-        .await
-        .context("drain")?;
+    let drain_1w = with_cpu(
+        &mut cpu,
+        "drain_1w",
+        &roles(servers, Some(&producer), &workers),
+        queued.len(),
+        runs::drain(&redis, &names, &queued, timeout),
+    )
+    .await
+    .context("drain")?;
     say(
         round,
         "1 worker, pre-filled queue",
         format!("{:.0} jobs/s", drain_1w.per_s),
     );
 
-    let sim = |hook: Option<&'static str>| {
+    let sim = |webhooks: bool| {
         let (client, redis, names) = (&client, &redis, &names);
         async move {
             runs::sim_throughput(
                 client,
                 redis,
                 names,
-                hook.map(|_| receiver),
+                webhooks.then_some(receiver),
                 args.jobs,
                 args.submit_concurrency,
                 timeout,
@@ -321,13 +401,16 @@ async fn one_round(
             .await
         }
     };
-    let sim_1w_off = sim(None).await.context("sim, 1 worker, webhooks off")?;
+    let now = roles(servers, Some(&producer), &workers);
+    let sim_1w_off = with_cpu(&mut cpu, "sim_1w_off", &now, args.jobs, sim(false))
+        .await
+        .context("sim, 1 worker, webhooks off")?;
     say(
         round,
         "sim 1 worker webhooks off",
         format!("{:.0} jobs/s", sim_1w_off.per_s),
     );
-    let sim_1w_on = sim(Some("on"))
+    let sim_1w_on = with_cpu(&mut cpu, "sim_1w_on", &now, args.jobs, sim(true))
         .await
         .context("sim, 1 worker, webhooks on")?;
     say(
@@ -360,13 +443,16 @@ async fn one_round(
     );
 
     workers.push(fleet.start_worker(&format!("r{round}-w2")).await?);
-    let sim_2w_off = sim(None).await.context("sim, 2 workers, webhooks off")?;
+    let now = roles(servers, Some(&producer), &workers);
+    let sim_2w_off = with_cpu(&mut cpu, "sim_2w_off", &now, args.jobs, sim(false))
+        .await
+        .context("sim, 2 workers, webhooks off")?;
     say(
         round,
         "sim 2 workers webhooks off",
         format!("{:.0} jobs/s", sim_2w_off.per_s),
     );
-    let sim_2w_on = sim(Some("on"))
+    let sim_2w_on = with_cpu(&mut cpu, "sim_2w_on", &now, args.jobs, sim(true))
         .await
         .context("sim, 2 workers, webhooks on")?;
     say(
@@ -378,13 +464,19 @@ async fn one_round(
             sim_2w_on.webhook_per_s.unwrap_or(0.0)
         ),
     );
-    let sentiment_2w = runs::sentiment(
-        &client,
-        &redis,
-        &names,
-        texts,
-        args.submit_concurrency,
-        timeout,
+    let sentiment_2w = with_cpu(
+        &mut cpu,
+        "sentiment_2w",
+        &now,
+        texts.len(),
+        runs::sentiment(
+            &client,
+            &redis,
+            &names,
+            texts,
+            args.submit_concurrency,
+            timeout,
+        ),
     )
     .await
     .context("sentiment")?;
@@ -421,5 +513,6 @@ async fn one_round(
         producer_peak,
         worker_peaks,
         bench_peak: fleet::memory_of(std::process::id()).unwrap_or_default(),
+        cpu_us: cpu,
     })
 }

@@ -1,7 +1,7 @@
 //! The report: every round's raw figures, medians and spreads, ratios to the ceiling taken
 //! within each round, the machine, and the issue's targets; as JSON and as a Markdown table.
 
-use std::{path::Path, process::Command};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -45,6 +45,9 @@ pub struct Round {
     pub worker_peaks: Vec<Memory>,
     /// This process (load generator and webhook receiver) at the end of the round.
     pub bench_peak: Memory,
+    /// CPU µs per message, request, job or text of each measurement, per process role
+    /// (`bench`, `producer`, `workers`, `rabbitmq`, `redis`, `total`).
+    pub cpu_us: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// Where a figure should be, from issue 8.
@@ -422,6 +425,30 @@ fn summarize(m: &Metric, rounds: &[Round]) -> Line {
     Line { spread, ratio, met }
 }
 
+/// Columns of the CPU table: measurement key and header.
+const CPU_COLUMNS: [(&str, &str); 8] = [
+    ("ceiling", "ceiling (per msg)"),
+    ("http", "HTTP submit"),
+    ("drain_1w", "1 worker, pre-filled"),
+    ("sim_1w_off", "sim 1w off"),
+    ("sim_1w_on", "sim 1w on"),
+    ("sim_2w_off", "sim 2w off"),
+    ("sim_2w_on", "sim 2w on"),
+    ("sentiment_2w", "sentiment 2w"),
+];
+
+/// Rows of the CPU table.
+const CPU_ROLES: [&str; 6] = ["bench", "producer", "workers", "rabbitmq", "redis", "total"];
+
+/// Median over the rounds of the CPU µs per unit that `role` spent in `measurement`.
+fn cpu_median(rounds: &[Round], measurement: &str, role: &str) -> Option<f64> {
+    let v: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r.cpu_us.get(measurement)?.get(role).copied())
+        .collect();
+    Spread::of(&v).map(|s| s.median)
+}
+
 /// The report as JSON: config, machine, summary per metric, and every round.
 pub fn to_json(config: &Config, machine: &Machine, rounds: &[Round]) -> Value {
     let mut summary = serde_json::Map::new();
@@ -441,10 +468,19 @@ pub fn to_json(config: &Config, machine: &Machine, rounds: &[Round]) -> Value {
             }),
         );
     }
+    let mut cpu = serde_json::Map::new();
+    for (key, _) in CPU_COLUMNS {
+        let per_role: serde_json::Map<String, Value> = CPU_ROLES
+            .iter()
+            .filter_map(|role| Some(((*role).to_owned(), json!(cpu_median(rounds, key, role)?))))
+            .collect();
+        cpu.insert(key.into(), Value::Object(per_role));
+    }
     json!({
         "config": config,
         "machine": machine,
         "summary": summary,
+        "cpu_us_per_unit_median": cpu,
         "rounds": rounds,
     })
 }
@@ -498,6 +534,25 @@ pub fn to_markdown(config: &Config, machine: &Machine, rounds: &[Round]) -> Stri
             ratio,
             target
         ));
+    }
+    s.push_str(
+        "\nCPU per message, request, job or text, µs (user + system, all threads; median over rounds):\n\n| process |",
+    );
+    for (_, header) in CPU_COLUMNS {
+        s.push_str(&format!(" {header} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|".repeat(CPU_COLUMNS.len()));
+    s.push('\n');
+    for role in CPU_ROLES {
+        s.push_str(&format!("| {role} |"));
+        for (key, _) in CPU_COLUMNS {
+            match cpu_median(rounds, key, role) {
+                Some(v) => s.push_str(&format!(" {v:.0} |")),
+                None => s.push_str(" |"),
+            }
+        }
+        s.push('\n');
     }
     s
 }

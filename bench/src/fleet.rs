@@ -20,9 +20,6 @@ use flotilla_shared::{
 };
 use lapin::options::QueueDeleteOptions;
 
-/// How long a process may take to answer `/readyz` (a worker preloads its models first).
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Connection settings and paths of one benchmark run.
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
@@ -38,6 +35,8 @@ pub struct FleetSettings {
     pub namespace: String,
     /// Worker `--concurrency` (= consumer prefetch).
     pub worker_concurrency: u16,
+    /// How long a process may take to answer `/readyz` (a worker preloads its models first).
+    pub ready_timeout: Duration,
 }
 
 /// Resident memory of a process, from `/proc/<pid>/status`.
@@ -261,7 +260,7 @@ impl Fleet {
     /// It cannot start or does not become ready.
     pub async fn start_producer(&mut self, name: &str) -> anyhow::Result<Proc> {
         let p = self.spawn("flotilla-producer", name, &[])?;
-        wait_ready(&p).await?;
+        wait_ready(&p, self.settings.ready_timeout).await?;
         Ok(p)
     }
 
@@ -280,7 +279,7 @@ impl Fleet {
             "5".into(),
         ];
         let p = self.spawn("flotilla-worker", name, &args)?;
-        wait_ready(&p).await?;
+        wait_ready(&p, self.settings.ready_timeout).await?;
         Ok(p)
     }
 
@@ -317,12 +316,12 @@ impl Fleet {
     }
 }
 
-async fn wait_ready(p: &Proc) -> anyhow::Result<()> {
+async fn wait_ready(p: &Proc, timeout: Duration) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
     let url = format!("http://{}/readyz", p.addr);
-    let end = Instant::now() + READY_TIMEOUT;
+    let end = Instant::now() + timeout;
     while Instant::now() < end {
         if matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) {
             return Ok(());
@@ -330,7 +329,7 @@ async fn wait_ready(p: &Proc) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     bail!(
-        "{} not ready within {READY_TIMEOUT:?}; log {}:\n{}",
+        "{} not ready within {timeout:?}; log {}:\n{}",
         p.name,
         p.log.display(),
         p.log_tail()

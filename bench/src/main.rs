@@ -101,6 +101,11 @@ struct Args {
     /// Longest wait for any one measurement, seconds.
     #[arg(long, default_value_t = 180)]
     timeout_s: u64,
+    /// Longest wait for a started process to answer `/readyz`, seconds (raise it when the
+    /// worker runs under a profiler: give `--bin-dir` a directory whose `flotilla-worker`
+    /// wraps the real one).
+    #[arg(long, default_value_t = 90)]
+    ready_timeout_s: u64,
 }
 
 impl Args {
@@ -116,6 +121,7 @@ impl Args {
             ("--sentiment-texts", self.sentiment_texts),
             ("--worker-concurrency", usize::from(self.worker_concurrency)),
             ("--timeout-s", self.timeout_s as usize),
+            ("--ready-timeout-s", self.ready_timeout_s as usize),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("{flag} must be at least 1");
@@ -174,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dir: logs,
         namespace: namespace.clone(),
         worker_concurrency: args.worker_concurrency,
+        ready_timeout: Duration::from_secs(args.ready_timeout_s),
     })
     .await?;
     let config = Config {

@@ -204,7 +204,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.rounds,
         fleet.settings.dir.display()
     );
-    let measured = measure(&args, &mut fleet, &texts).await;
+    // On SIGINT/SIGTERM the measurement is dropped (which kills its processes) and the
+    // namespace is still deleted.
+    let measured = tokio::select! {
+        r = measure(&args, &mut fleet, &texts) => r,
+        () = flotilla_shared::shutdown::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
     let cleaned = fleet
         .delete_everything(&[ceiling::queue_name(&fleet)])
         .await;

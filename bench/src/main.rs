@@ -310,6 +310,69 @@ async fn with_cpu<T>(
     Ok(out)
 }
 
+/// What the `sim` throughput runs of a round share.
+struct Sims<'a> {
+    client: &'a flotilla_producer::Client,
+    redis: &'a redis::aio::ConnectionManager,
+    names: &'a flotilla_shared::names::Names,
+    receiver: &'a Receiver,
+    jobs: usize,
+    concurrency: usize,
+    timeout: Duration,
+}
+
+impl Sims<'_> {
+    /// `sim` jobs with webhooks off, then on, through the `workers` running now.
+    async fn off_and_on(
+        &self,
+        cpu: &mut CpuTable,
+        roles: &Roles,
+        round: usize,
+        workers: usize,
+    ) -> anyhow::Result<(runs::FleetRun, runs::FleetRun)> {
+        let off = self.one(cpu, roles, round, workers, false).await?;
+        let on = self.one(cpu, roles, round, workers, true).await?;
+        Ok((off, on))
+    }
+
+    /// One `sim` run; its CPU goes under `sim_<workers>w_off` or `sim_<workers>w_on`.
+    async fn one(
+        &self,
+        cpu: &mut CpuTable,
+        roles: &Roles,
+        round: usize,
+        workers: usize,
+        webhooks: bool,
+    ) -> anyhow::Result<runs::FleetRun> {
+        let state = if webhooks { "on" } else { "off" };
+        let noun = if workers == 1 { "worker" } else { "workers" };
+        let what = format!("sim, {workers} {noun}, webhooks {state}");
+        let run = with_cpu(
+            cpu,
+            &format!("sim_{workers}w_{state}"),
+            roles,
+            self.jobs,
+            runs::sim_throughput(
+                self.client,
+                self.redis,
+                self.names,
+                webhooks.then_some(self.receiver),
+                self.jobs,
+                self.concurrency,
+                self.timeout,
+            ),
+        )
+        .await
+        .with_context(|| what.clone())?;
+        let figure = match run.webhook_per_s {
+            Some(w) => format!("{:.0} jobs/s terminal, {w:.0} jobs/s webhooks", run.per_s),
+            None => format!("{:.0} jobs/s", run.per_s),
+        };
+        say(round, &what, figure);
+        Ok(run)
+    }
+}
+
 fn say(round: usize, what: &str, figure: String) {
     eprintln!("bench: round {round}: {what}: {figure}");
 }
@@ -398,42 +461,17 @@ async fn one_round(
         format!("{:.0} jobs/s", drain_1w.per_s),
     );
 
-    let sim = |webhooks: bool| {
-        let (client, redis, names) = (&client, &redis, &names);
-        async move {
-            runs::sim_throughput(
-                client,
-                redis,
-                names,
-                webhooks.then_some(receiver),
-                args.jobs,
-                args.submit_concurrency,
-                timeout,
-            )
-            .await
-        }
+    let sims = Sims {
+        client: &client,
+        redis: &redis,
+        names: &names,
+        receiver,
+        jobs: args.jobs,
+        concurrency: args.submit_concurrency,
+        timeout,
     };
     let now = roles(servers, Some(&producer), &workers);
-    let sim_1w_off = with_cpu(&mut cpu, "sim_1w_off", &now, args.jobs, sim(false))
-        .await
-        .context("sim, 1 worker, webhooks off")?;
-    say(
-        round,
-        "sim 1 worker webhooks off",
-        format!("{:.0} jobs/s", sim_1w_off.per_s),
-    );
-    let sim_1w_on = with_cpu(&mut cpu, "sim_1w_on", &now, args.jobs, sim(true))
-        .await
-        .context("sim, 1 worker, webhooks on")?;
-    say(
-        round,
-        "sim 1 worker webhooks on",
-        format!(
-            "{:.0} jobs/s terminal, {:.0} jobs/s webhooks",
-            sim_1w_on.per_s,
-            sim_1w_on.webhook_per_s.unwrap_or(0.0)
-        ),
-    );
+    let (sim_1w_off, sim_1w_on) = sims.off_and_on(&mut cpu, &now, round, 1).await?;
     let rate = sim_1w_off.per_s * args.latency_load;
     let latency_1w = runs::latency(
         &client,
@@ -456,26 +494,7 @@ async fn one_round(
 
     workers.push(fleet.start_worker(&format!("r{round}-w2")).await?);
     let now = roles(servers, Some(&producer), &workers);
-    let sim_2w_off = with_cpu(&mut cpu, "sim_2w_off", &now, args.jobs, sim(false))
-        .await
-        .context("sim, 2 workers, webhooks off")?;
-    say(
-        round,
-        "sim 2 workers webhooks off",
-        format!("{:.0} jobs/s", sim_2w_off.per_s),
-    );
-    let sim_2w_on = with_cpu(&mut cpu, "sim_2w_on", &now, args.jobs, sim(true))
-        .await
-        .context("sim, 2 workers, webhooks on")?;
-    say(
-        round,
-        "sim 2 workers webhooks on",
-        format!(
-            "{:.0} jobs/s terminal, {:.0} jobs/s webhooks",
-            sim_2w_on.per_s,
-            sim_2w_on.webhook_per_s.unwrap_or(0.0)
-        ),
-    );
+    let (sim_2w_off, sim_2w_on) = sims.off_and_on(&mut cpu, &now, round, 2).await?;
     let sentiment_2w = with_cpu(
         &mut cpu,
         "sentiment_2w",

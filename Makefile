@@ -1,5 +1,5 @@
 # Flotilla — the two commands of the README, and a few helpers.
-.PHONY: demo test chaos drill validate-deploy services lint fmt
+.PHONY: demo test chaos drill bench validate-deploy services lint fmt
 
 ## Run the main job on the bundled real data with the built-in models.
 demo:
@@ -20,6 +20,13 @@ drill:
 	scripts/services.sh
 	cargo build --workspace --locked
 	target/debug/drill
+
+## Benchmark (release build): the fleet against the raw broker + Redis ceiling, 3 interleaved
+## rounds; writes target/bench/report.json and report.md. Flags: make bench BENCH_ARGS='--help'.
+bench:
+	scripts/services.sh
+	cargo build --release --workspace --locked
+	target/release/flotilla-bench $(BENCH_ARGS)
 
 ## Static checks of the Dockerfile's companions: docker-compose config, kustomize overlays
 ## against the Kubernetes schemas.

@@ -191,8 +191,7 @@ impl Fleet {
     }
 
     fn topology(&self) -> Topology {
-        let j = &self.config.jobs;
-        Topology::new(&self.names, &j.pools, &j.retry_tiers_s, j.delivery_limit)
+        Topology::of(&self.names, &self.config)
     }
 
     /// A new broker connection named `name`.

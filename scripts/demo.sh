@@ -82,6 +82,40 @@ if [ -s "$OUT/sentiment.json" ] && [ -s "$OUT/langid.json" ]; then
   echo "demo: summaries written to target/flotilla-demo.json"
 fi
 
+http_get() { # host:port path → the body
+  timeout 5 bash -c "exec 3<>/dev/tcp/${1%:*}/${1##*:} && printf 'GET $2 HTTP/1.0\r\nHost: x\r\n\r\n' >&3 && cat <&3" 2>/dev/null |
+    sed '1,/^\r\{0,1\}$/d'
+}
+echo
+echo "== metrics: each process's /metrics after the runs"
+http_get "$API_ADDR" /metrics | grep -E '^flotilla_jobs_submitted_total' | sed 's/^/  producer  /'
+for i in 1 2; do
+  http_get "${WORKER_ADDRS[$((i - 1))]}" /metrics |
+    grep -E '^flotilla_(jobs_completed_total|webhook_deliveries_total|drift_psi|job_end_to_end_seconds_count)' |
+    sed "s/^/  worker-$i  /"
+done
+
+echo
+echo "== one job's trace, from the API to its webhook"
+job_json=$("$BIN/flotilla" submit --model sentiment --input '{"text": "Tracing works, lovely."}' \
+  --webhook "http://$RECEIVER_ADDR/webhooks" --wait 2>/dev/null || true)
+job_id=$(printf '%s' "$job_json" | grep -o '"id": *"[^"]*"' | head -1 | sed 's/.*"\([^"]*\)"$/\1/')
+trace_id=$(printf '%s' "$job_json" | grep -o '"trace_id": *"[^"]*"' | head -1 | sed 's/.*"\([^"]*\)"$/\1/')
+if [ -n "$trace_id" ]; then
+  echo "  job $job_id  trace_id $trace_id"
+  for _ in $(seq 1 50); do
+    tp=$(http_get "$RECEIVER_ADDR" "/events/$job_id" | grep -o '"traceparent":"[^"]*"' | head -1 | cut -d'"' -f4)
+    [ -n "$tp" ] && break
+    sleep 0.1
+  done
+  echo "  API:     $(grep -h "trace_id=$trace_id" "$OUT/producer.log" | head -1 | cut -c1-150)"
+  echo "  worker:  $(grep -h "trace_id=$trace_id" "$OUT"/worker-*.log | head -1 | cut -c1-150)"
+  echo "  webhook: traceparent ${tp:-<not received>}"
+else
+  echo "  demo: the traced job did not finish" >&2
+  status=1
+fi
+
 cleanup
 trap - EXIT
 echo "demo: fleet shut down"

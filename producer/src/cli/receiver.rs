@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /webhooks` | a delivery: `204` when the signature verifies, `401` otherwise |
 //! | `POST /stats` | `{"ids": [...]}` → [`WebhookCounts`] over those jobs |
-//! | `GET /events/{job_id}` | every delivery of that job: `{webhook_id, type, verified, body}` |
+//! | `GET /events/{job_id}` | every delivery of that job: `{webhook_id, type, verified, traceparent, body}` |
 //! | `GET /healthz` | `ok` |
 
 use std::{
@@ -39,6 +39,8 @@ pub struct Received {
     pub verified: bool,
     /// Parsed body.
     pub body: Value,
+    /// `traceparent` header (the job's trace).
+    pub traceparent: String,
 }
 
 /// The receiver's memory.
@@ -140,6 +142,7 @@ async fn receive(
             event_type,
             verified,
             body: parsed,
+            traceparent: h("traceparent"),
         });
     if verified {
         StatusCode::NO_CONTENT
@@ -164,7 +167,7 @@ async fn events(State(st): State<Arc<ReceiverState>>, Path(job_id): Path<String>
     let list: Vec<Value> = st
         .events(&job_id)
         .into_iter()
-        .map(|r| json!({"webhook_id": r.webhook_id, "type": r.event_type, "verified": r.verified, "body": r.body}))
+        .map(|r| json!({"webhook_id": r.webhook_id, "type": r.event_type, "verified": r.verified, "traceparent": r.traceparent, "body": r.body}))
         .collect();
     Json(json!({"events": list}))
 }

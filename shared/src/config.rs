@@ -290,6 +290,9 @@ impl WebhooksConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsConfig {
+    /// Load every built-in model at start (readiness waits for it) instead of on first use:
+    /// no slow first job, at the cost of the memory (worker idle RSS ~95 MB instead of ~15 MB).
+    pub preload: bool,
     /// `[models.langid]`.
     pub langid: LangidConfig,
     /// `[models.sim]`.

@@ -17,13 +17,16 @@ pub const COMPILED: [&str; 12] = [
     "eng", "fra", "por", "spa", "ita", "cat", "jpn", "zho", "kor", "deu", "nld", "rus",
 ];
 
-/// The detector over the configured languages (models preloaded).
+/// The detector over the configured languages, built on first use (lingua's n-gram tables
+/// take a few seconds and most of the worker's memory) or at start with `[models] preload`.
 pub struct Langid {
-    detector: LanguageDetector,
+    languages: Vec<Language>,
+    detector: std::sync::OnceLock<LanguageDetector>,
 }
 
 impl Langid {
-    /// Builds a detector over `codes` (ISO 639-3) and preloads their models.
+    /// A detector over `codes` (ISO 639-3); the codes are checked now, the models load on
+    /// first use (or with [`Self::load`]).
     ///
     /// # Errors
     /// A message naming a code that is unknown or not compiled in, or a set of fewer than two.
@@ -43,15 +46,25 @@ impl Langid {
         if languages.len() < 2 {
             return Err("models.langid.languages: give at least two languages".into());
         }
-        let detector = LanguageDetectorBuilder::from_languages(&languages)
-            .with_preloaded_language_models()
-            .build();
-        Ok(Self { detector })
+        Ok(Self {
+            languages,
+            detector: std::sync::OnceLock::new(),
+        })
     }
 
-    /// Identifies `text`'s language (CPU-bound: call off the async executor).
+    /// Loads the language models now (blocking, seconds).
+    pub fn load(&self) -> &LanguageDetector {
+        self.detector.get_or_init(|| {
+            LanguageDetectorBuilder::from_languages(&self.languages)
+                .with_preloaded_language_models()
+                .build()
+        })
+    }
+
+    /// Identifies `text`'s language (CPU-bound: call off the async executor; the first call
+    /// loads the models).
     pub fn identify(&self, text: &str) -> Value {
-        let values = self.detector.compute_language_confidence_values(text);
+        let values = self.load().compute_language_confidence_values(text);
         match values.first() {
             Some((lang, conf)) if *conf > 0.0 => json!({
                 "language": lang.iso_code_639_3().to_string(),

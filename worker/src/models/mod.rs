@@ -63,17 +63,25 @@ pub struct Models {
 }
 
 impl Models {
-    /// Loads every model (lingua's n-gram tables take a few seconds and ~1 GB for 9 languages).
+    /// Checks the model settings; with `cfg.preload` also loads every model now (lingua's
+    /// n-gram tables take a few seconds and about 70 MB for 9 languages), else each loads on
+    /// its first job.
     ///
     /// # Errors
-    /// A configuration problem, e.g. a language that is not compiled in.
+    /// A configuration problem, e.g. a language that is not compiled in, or an embedded
+    /// tokenizer table that does not load.
     pub fn load(cfg: &ModelsConfig) -> Result<Arc<Self>, String> {
-        Ok(Arc::new(Self {
+        let models = Self {
             sentiment: sentiment::Sentiment::new(),
             langid: langid::Langid::new(&cfg.langid.languages)?,
-            tokens: tokens::Tokens::new()?,
+            tokens: tokens::Tokens::new(),
             sim: sim::Sim::new(cfg.sim.clone()),
-        }))
+        };
+        if cfg.preload {
+            models.langid.load();
+            models.tokens.load()?;
+        }
+        Ok(Arc::new(models))
     }
 }
 

@@ -141,17 +141,24 @@ impl Events {
             .await
             .map_err(|e| e.to_string())?;
         match stored {
-            Some(stored) => self.ensure_of(publisher, &stored).await,
+            Some(stored) => self.ensure_of(publisher, &stored, true).await,
             None => Ok(()),
         }
     }
 
     /// As [`Self::ensure_terminal`], for a record the caller already holds (the finish script
-    /// returns it), saving a round trip.
+    /// returns it), saving a round trip. `mark = false` skips recording the event as
+    /// published (the caller acks the job message right after, so only a crash in between
+    /// sends the event twice, with the same `webhook-id`).
     ///
     /// # Errors
     /// As [`Self::ensure_terminal`].
-    pub async fn ensure_of(&self, publisher: &Publisher, stored: &StoredJob) -> Result<(), String> {
+    pub async fn ensure_of(
+        &self,
+        publisher: &Publisher,
+        stored: &StoredJob,
+        mark: bool,
+    ) -> Result<(), String> {
         let Some(event) = EventType::for_status(stored.job.status) else {
             return Ok(());
         };
@@ -161,6 +168,9 @@ impl Events {
         self.publish(publisher, stored, event, None)
             .await
             .map_err(|e| e.to_string())?;
+        if !mark {
+            return Ok(());
+        }
         let id = stored.job.id.as_str();
         if let Err(err) = with_retries(|| self.store.mark_event_published(id)).await {
             // The event is durable; a redelivery would publish it again with the same

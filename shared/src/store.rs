@@ -260,6 +260,25 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl StoredJob {
+    /// The record as `finish.lua` leaves it: this claimed record with `outcome` applied,
+    /// completed at `completed_at`, lease dropped.
+    pub fn finished(&self, outcome: &Outcome, completed_at: DateTime<Utc>) -> Self {
+        let mut s = self.clone();
+        s.job.status = outcome.status;
+        if outcome.output.is_some() {
+            s.job.output = outcome.output.clone();
+        }
+        if outcome.error.is_some() {
+            s.job.error = outcome.error.clone();
+        }
+        s.job.usage = outcome.usage.clone();
+        s.job.timings = outcome.timings;
+        s.job.completed_at = Some(completed_at);
+        s.lease_owner = None;
+        s.submitting = false;
+        s
+    }
+
     /// The job as a worker runs it: everything from the record, none from the message (a
     /// message only names the job; its own copy of the input is not trusted).
     pub fn to_envelope(&self) -> Envelope {
@@ -634,15 +653,24 @@ impl Store {
     /// # Errors
     /// As [`Self::finish`].
     pub async fn finish_unleased(&self, id: &str, outcome: &Outcome) -> StoreResult<Finish> {
-        self.finish(id, "*", outcome).await
+        self.finish(id, "*", outcome, None).await
     }
 
     /// Stores the terminal state, only if `owner` holds the lease (see `lua/finish.lua`).
+    /// With `claimed` (the record the caller's claim returned) the new record is built from it
+    /// and the outcome, and the script returns no record (nothing to transfer and parse);
+    /// without, the script returns the stored record.
     ///
     /// # Errors
     /// [`StoreError`] from Redis; [`StoreError::Corrupt`] for a `succeeded` outcome without
     /// output (refused by the script).
-    pub async fn finish(&self, id: &str, owner: &str, outcome: &Outcome) -> StoreResult<Finish> {
+    pub async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &Outcome,
+        claimed: Option<&StoredJob>,
+    ) -> StoreResult<Finish> {
         let key = self.names.job_key(id);
         let output = outcome
             .output
@@ -655,6 +683,7 @@ impl Store {
             .and_then(|e| serde_json::to_string(e).ok())
             .unwrap_or_default();
         let timings = serde_json::to_string(&outcome.timings).unwrap_or_else(|_| "{}".into());
+        let completed = rfc3339(Utc::now());
         let mut c = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
@@ -666,19 +695,26 @@ impl Store {
             .arg(error)
             .arg(outcome.usage.to_string())
             .arg(timings)
-            .arg(rfc3339(Utc::now()))
+            .arg(&completed)
             .arg(self.ttls.result.as_millis() as u64)
+            .arg(if claimed.is_some() { "0" } else { "1" })
             .invoke_async(&mut c)
             .await?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => Ok(Finish::Done(Box::new(record_from_pairs(
+        match (reply.first().map(String::as_str), claimed) {
+            (Some("ok"), Some(base)) => {
+                let at = DateTime::parse_from_rfc3339(&completed)
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(|_| Utc::now());
+                Ok(Finish::Done(Box::new(base.finished(outcome, at))))
+            }
+            (Some("ok"), None) => Ok(Finish::Done(Box::new(record_from_pairs(
                 &key,
                 &reply[1..],
             )?))),
-            Some("missing") => Ok(Finish::Missing),
-            Some("terminal") => Ok(Finish::AlreadyTerminal),
-            Some("not_owner") => Ok(Finish::NotOwner),
-            other => Err(StoreError::Corrupt {
+            (Some("missing"), _) => Ok(Finish::Missing),
+            (Some("terminal"), _) => Ok(Finish::AlreadyTerminal),
+            (Some("not_owner"), _) => Ok(Finish::NotOwner),
+            (other, _) => Err(StoreError::Corrupt {
                 key,
                 detail: format!("finish refused: {other:?}"),
             }),

@@ -12,7 +12,7 @@ use flotilla_shared::{
     amqp::Publisher,
     job::{Envelope, ErrorKind, EventType, JobError, JobStatus, Timings},
     metrics::{CompletedLabels, JobLabels, ModelPool},
-    store::{Claim, Finish, Outcome, Renewal},
+    store::{Claim, Finish, Outcome, Renewal, StoredJob},
     trace::TraceParent,
 };
 use lapin::message::Delivery;
@@ -143,7 +143,11 @@ async fn process(
                 reason: "poison",
                 detail,
             };
-            finish(ctx, publisher, delivery, env, &owner, outcome, end).await;
+            let holder = Holder {
+                owner: &owner,
+                claimed: None,
+            };
+            finish(ctx, publisher, delivery, env, holder, outcome, end).await;
             return;
         }
         Claim::Claimed {
@@ -223,7 +227,11 @@ async fn process(
                 usage: json!({}),
                 timings: Timings::default(),
             };
-            finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
+            let holder = Holder {
+                owner: &owner,
+                claimed: Some(&stored),
+            };
+            finish(ctx, publisher, delivery, env, holder, outcome, End::Ack).await;
             return;
         }
     };
@@ -316,7 +324,11 @@ async fn process(
             return;
         }
     }
-    finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
+    let holder = Holder {
+        owner: &owner,
+        claimed: Some(&stored),
+    };
+    finish(ctx, publisher, delivery, env, holder, outcome, End::Ack).await;
 }
 
 /// Counts this worker's running jobs in `flotilla_jobs_in_flight` while alive.
@@ -360,19 +372,27 @@ enum End {
     },
 }
 
+/// Who ends the job: the lease owner, and the record its claim returned (if any), from which
+/// the terminal record is built without reading it back.
+struct Holder<'a> {
+    owner: &'a str,
+    claimed: Option<&'a StoredJob>,
+}
+
 /// Stores the terminal state, then makes sure the event is durable, then ends the delivery.
 async fn finish(
     ctx: &Ctx,
     publisher: &Publisher,
     delivery: &Delivery,
     env: &Envelope,
-    owner: &str,
+    holder: Holder<'_>,
     mut outcome: Outcome,
     end: End,
 ) {
+    let Holder { owner, claimed } = holder;
     outcome.timings.total_ms = Some((Utc::now() - env.created_at).num_milliseconds().max(0) as f64);
     let stored = ctx
-        .retry_store(|| ctx.store.finish(&env.id, owner, &outcome))
+        .retry_store(|| ctx.store.finish(&env.id, owner, &outcome, claimed))
         .await;
     match stored {
         Ok(finished @ (Finish::Done(_) | Finish::AlreadyTerminal)) => {
@@ -386,7 +406,10 @@ async fn finish(
             }
             // The finish script returns the record: no second read for the event.
             let event = match &finished {
-                Finish::Done(stored) => ctx.events.ensure_of(publisher, stored).await,
+                // Not marked as published: the ack follows at once, and a redelivery after a
+                // crash in between only sends the event again with the same webhook-id (one
+                // Redis round trip fewer per job).
+                Finish::Done(stored) => ctx.events.ensure_of(publisher, stored, false).await,
                 _ => ctx.events.ensure_terminal(publisher, &env.id).await,
             };
             match end {

@@ -25,7 +25,7 @@ drill:
 ## rounds; writes target/bench/report.json and report.md. Flags: make bench BENCH_ARGS='--help'.
 bench:
 	scripts/services.sh
-	cargo build --release --workspace --locked
+	cargo build --release --locked -p flotilla-bench -p flotilla-producer -p flotilla-worker
 	target/release/flotilla-bench $(BENCH_ARGS)
 
 ## Static checks of the Dockerfile's companions: docker-compose config, kustomize overlays

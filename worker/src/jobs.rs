@@ -190,16 +190,8 @@ async fn process(
     }
 
     // Run under a renewed lease; a lost lease or a drain stops the run.
-    let lost = CancellationToken::new();
-    let canceled = CancellationToken::new();
-    let renewer = tokio::spawn(renew_lease(
-        ctx.store.clone(),
-        env.id.clone(),
-        owner.clone(),
-        lease,
-        lost.clone(),
-        canceled.clone(),
-    ));
+    // The renewal runs beside the model call in this task (no task spawned per job).
+    let renew = renew_lease(&ctx.store, &env.id, &owner, lease);
     let timeout_s = env.timeout_s.unwrap_or(ctx.config.jobs.default_timeout_s);
     let run = tokio::time::timeout(
         Duration::from_secs(timeout_s),
@@ -208,13 +200,12 @@ async fn process(
     let result = tokio::select! {
         r = run => Some(r),
         () = abort.cancelled() => None,
-        () = lost.cancelled() => {
-            renewer.abort();
-            tracing::warn!("lease lost to another worker; dropping this attempt");
-            ack(delivery).await;
-            return;
-        }
-        () = canceled.cancelled() => {
+        end = renew => {
+            if let LeaseEnd::Lost = end {
+                tracing::warn!("lease lost to another worker; dropping this attempt");
+                ack(delivery).await;
+                return;
+            }
             // The model call is dropped here (an HTTP request to a model server is aborted).
             tracing::info!("cancel requested; stopping the run");
             let outcome = Outcome {
@@ -235,7 +226,6 @@ async fn process(
             return;
         }
     };
-    renewer.abort();
     let Some(result) = result else {
         tracing::info!("drain: giving the job back to the queue");
         if let Err(err) = ctx
@@ -462,30 +452,30 @@ async fn end_after_terminal(ctx: &Ctx, publisher: &Publisher, delivery: &Deliver
     }
 }
 
+/// Why a lease renewal loop ended.
+enum LeaseEnd {
+    /// Another worker holds the lease now.
+    Lost,
+    /// The caller asked to cancel the job.
+    CancelRequested,
+}
+
 /// Renews the lease every third of its length (at most every 2 s, which is also how fast a
-/// cancel request is noticed) until aborted; cancels `lost` when the lease is no longer ours and
-/// `canceled` when the caller asked to cancel. Redis errors are logged and retried next tick.
+/// cancel request is noticed) until the lease is no longer ours or the caller asked to cancel
+/// (dropping the future stops it). Redis errors are logged and retried next tick.
 async fn renew_lease(
-    store: flotilla_shared::store::Store,
-    id: String,
-    owner: String,
+    store: &flotilla_shared::store::Store,
+    id: &str,
+    owner: &str,
     lease: Duration,
-    lost: CancellationToken,
-    canceled: CancellationToken,
-) {
+) -> LeaseEnd {
     let every = (lease / 3).min(Duration::from_secs(2));
     loop {
         tokio::time::sleep(every).await;
-        match store.renew(&id, &owner, lease).await {
+        match store.renew(id, owner, lease).await {
             Ok(Renewal::Renewed) => {}
-            Ok(Renewal::CancelRequested) => {
-                canceled.cancel();
-                return;
-            }
-            Ok(Renewal::Lost) => {
-                lost.cancel();
-                return;
-            }
+            Ok(Renewal::CancelRequested) => return LeaseEnd::CancelRequested,
+            Ok(Renewal::Lost) => return LeaseEnd::Lost,
             Err(err) => tracing::warn!(%err, "lease renewal failed; retrying"),
         }
     }

@@ -291,6 +291,31 @@ async fn status_classes_decide_between_retry_dead_letter_and_disabling_the_endpo
     // A second replay finds nothing left to send.
     let again = client.replay_failed(since, None).await.expect("replay");
     assert_eq!(again["replayed"], 0, "{again}");
+
+    // A dead-lettered event replays from the dead-letter queue too, with its webhook-id.
+    let filter = DlqFilter {
+        reason: Some("webhook_failed".into()),
+        ..DlqFilter::default()
+    };
+    let entries = client.dlq_list(&filter, 10).await.expect("dlq");
+    let entry = &entries[0];
+    let job_id = entry["job_id"].as_str().expect("job id").to_owned();
+    let (_, r, _) = receivers
+        .iter()
+        .find(|(_, _, id)| *id == job_id)
+        .expect("its receiver");
+    let before = r.hits_for(&job_id).len();
+    let entry_id = entry["entry_id"].as_str().expect("entry id");
+    client.dlq_replay(entry_id).await.expect("replay the event");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            r.hits_for(&job_id).len() == before + 1
+        })
+        .await
+    );
+    let last = r.hits_for(&job_id).pop().expect("hit");
+    assert_eq!(last.webhook_id, event_id(&job_id, EventType::Succeeded));
+    assert_eq!(client.dlq_list(&filter, 10).await.expect("dlq").len(), 2);
 }
 
 #[tokio::test]

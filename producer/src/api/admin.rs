@@ -131,6 +131,9 @@ pub async fn replay(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let e = admin_entry(&st, &tenant, &entry_id).await?;
     let body = e.body();
+    if e.source_queue == st.store.names().events_queue() {
+        return replay_event_entry(&st, &e, &body).await;
+    }
     let env: Envelope = serde_json::from_slice(&body).map_err(|err| {
         ApiError::invalid(format!(
             "dead letter {entry_id} ({}) is not a job envelope and cannot be replayed: {err}",
@@ -191,6 +194,48 @@ pub async fn replay(
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"entry_id": entry_id, "job_id": env.id, "status": "queued"})),
+    ))
+}
+
+/// Replays a dead-lettered webhook event: the job's event is published again for every
+/// destination that takes it, with its original `webhook-id`, and the entry is removed.
+async fn replay_event_entry(
+    st: &AppState,
+    e: &DlqEntry,
+    body: &[u8],
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let invalid = |m: String| ApiError::invalid(format!("dead letter {}: {m}", e.entry_id));
+    let event: flotilla_shared::job::EventType = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| serde_json::from_value(v.get("type")?.clone()).ok())
+        .ok_or_else(|| invalid("not a webhook event".into()))?;
+    let job_id = e
+        .job_id
+        .clone()
+        .ok_or_else(|| invalid("names no job".into()))?;
+    let Some(job) = with_retries(|| st.store.get(&job_id)).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_gone",
+            format!("job {job_id} has no record any more (expired)"),
+        ));
+    };
+    let publisher = st
+        .broker
+        .publisher()
+        .await
+        .map_err(|_| ApiError::unavailable("broker unavailable; try again"))?;
+    st.events
+        .publish(&publisher, &job, event, None)
+        .await
+        .map_err(|_| ApiError::unavailable("broker did not confirm the replay; try again"))?;
+    with_retries(|| st.store.dlq_delete(&e.entry_id)).await?;
+    tracing::info!(entry_id = %e.entry_id, %job_id, "dead-lettered event replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"entry_id": e.entry_id, "job_id": job_id, "event": event.as_str(), "status": "queued"}),
+        ),
     ))
 }
 

@@ -242,7 +242,7 @@ fn metrics(c: &Config) -> Vec<Metric> {
         ),
         m(
             "worker_idle_rss",
-            "worker idle RSS (after /readyz, before any job; models preloaded)".into(),
+            "worker idle RSS (after /readyz, before any job; built-in models load on first use)".into(),
             "MB",
             |r| Some(mb(r.worker_idle.rss_kib)),
             false,

@@ -3,6 +3,7 @@
 //! - [`config`]: typed configuration (flags with env fallbacks + one TOML file).
 //! - [`job`]: the job resource (HTTP JSON), the wire envelope, statuses and error kinds.
 //! - [`catalog`]: the built-in model names and the input shape each accepts.
+//! - [`routes`]: model routes (`[routes.<name>]`), chains of backends, and their input shapes.
 //! - [`names`]: every exchange, queue and Redis key name under one namespace.
 //! - [`topology`]: the RabbitMQ topology as data, declared idempotently.
 //! - [`amqp`]: connecting to the broker and publishing with publisher confirms.
@@ -29,6 +30,7 @@ pub mod events;
 pub mod job;
 pub mod metrics;
 pub mod names;
+pub mod routes;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -7,7 +7,7 @@
 //! Job hash fields: `id tenant model status input params webhook metadata created_at deadline
 //! timeout_s attempts started_at completed_at output error usage timings lease_owner
 //! lease_until_ms event_published webhook_status submitting body_hash idempotency_key
-//! traceparent`.
+//! traceparent route` (`route`: the [`crate::job::RouteTrace`] of a model route).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -191,6 +191,8 @@ pub struct Outcome {
     pub usage: Value,
     /// Stage timings of the final attempt.
     pub timings: Timings,
+    /// How a model route served the final attempt (routes only).
+    pub route: Option<crate::job::RouteTrace>,
 }
 
 /// Result of reserving an idempotency key.
@@ -655,6 +657,11 @@ impl Store {
             .and_then(|e| serde_json::to_string(e).ok())
             .unwrap_or_default();
         let timings = serde_json::to_string(&outcome.timings).unwrap_or_else(|_| "{}".into());
+        let route = outcome
+            .route
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+            .unwrap_or_default();
         let mut c = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
@@ -668,6 +675,7 @@ impl Store {
             .arg(timings)
             .arg(rfc3339(Utc::now()))
             .arg(self.ttls.result.as_millis() as u64)
+            .arg(route)
             .invoke_async(&mut c)
             .await?;
         match reply.first().map(String::as_str) {
@@ -845,6 +853,13 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         ),
         None => None,
     };
+    let route = match json("route")? {
+        Some(v) => Some(
+            serde_json::from_value::<crate::job::RouteTrace>(v)
+                .map_err(|e| corrupt(format!("route: {e}")))?,
+        ),
+        None => None,
+    };
     let obj = || Value::Object(serde_json::Map::new());
     let job = Job {
         id: text("id").unwrap_or_default().to_owned(),
@@ -867,6 +882,8 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         trace_id: text("traceparent")
             .and_then(crate::trace::TraceParent::parse)
             .map(|t| t.trace_id_hex()),
+        served_by: route.as_ref().and_then(|r| r.served_by.clone()),
+        route_path: route.map(|r| r.route_path),
     };
     Ok(StoredJob {
         job,

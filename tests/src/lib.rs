@@ -6,6 +6,7 @@
 //! The binaries come from the same `target/` directory as the test executable (`make test`
 //! builds them first).
 
+pub mod fake_openai;
 pub mod services;
 
 use std::{

@@ -222,6 +222,7 @@ async fn process(
                 }),
                 usage: json!({}),
                 timings: Timings::default(),
+                route: None,
             };
             finish(ctx, publisher, delivery, env, &owner, outcome, End::Ack).await;
             return;
@@ -251,6 +252,7 @@ async fn process(
                     error: None,
                     usage: out.usage,
                     timings,
+                    route: out.route,
                 },
                 None,
             )
@@ -259,22 +261,21 @@ async fn process(
             let mut timings = failure.timings;
             timings.queue_ms = Some(queue_ms);
             let transient = failure.error.transient.then(|| failure.error.clone());
-            (
-                failed(
-                    failure.error.kind,
-                    failure.error.message,
-                    json!({}),
-                    timings,
-                ),
-                transient,
-            )
+            let mut outcome = failed(
+                failure.error.kind,
+                failure.error.message,
+                json!({}),
+                timings,
+            );
+            outcome.route = failure.route;
+            (outcome, transient)
         }
         Err(_elapsed) => {
             let message = format!("model call exceeded timeout_s = {timeout_s}");
             // A built-in model is CPU-bound and deterministic: it would time out again, and a
             // blocking thread cannot be interrupted, so retrying only burns CPU. Remote and
             // simulated backends may be faster next time.
-            let e = if env.model == "sim" {
+            let e = if ctx.pipeline.is_remote(&env.model) {
                 ModelError::transient(ErrorKind::Timeout, message)
             } else {
                 ModelError::permanent(ErrorKind::Timeout, message)
@@ -346,6 +347,7 @@ fn failed(kind: ErrorKind, message: String, usage: serde_json::Value, timings: T
         error: Some(JobError { kind, message }),
         usage,
         timings,
+        route: None,
     }
 }
 

@@ -106,6 +106,13 @@ async fn main() -> anyhow::Result<()> {
             .context("loading models")?
             .unwrap_or_else(|e| fail(format!("configuration error: {e}")))
     };
+    let metrics = Arc::new(Metrics::new());
+    // Route backends read their API keys here: a missing one stops the worker before it
+    // connects anywhere.
+    let routes = Arc::new(
+        flotilla_worker::routes::Routes::new(&config, Some(metrics.clone()))
+            .unwrap_or_else(|e| fail(format!("configuration error: {e}"))),
+    );
     let ttls = StoreTtls {
         result: Duration::from_secs(config.jobs.result_ttl_s),
         idempotency: Duration::from_secs(config.jobs.idempotency_ttl_s),
@@ -120,7 +127,6 @@ async fn main() -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let events = Events::new(store.clone(), tenants.clone(), &config.webhooks);
     let limits = EndpointLimits::new(config.webhooks.per_endpoint_concurrency);
-    let metrics = Arc::new(Metrics::new());
     metrics
         .capacity
         .get_or_create(&PoolLabel {
@@ -135,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         limits,
         config,
         tenants,
-        pipeline: Pipeline::new(models),
+        pipeline: Pipeline::new(models).with_routes(routes),
         webhooks,
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),

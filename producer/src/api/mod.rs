@@ -220,6 +220,35 @@ async fn models(State(st): State<Arc<AppState>>, _tenant: AuthTenant) -> Json<se
             };
             json!({"name": m.as_str(), "backend": if m == ModelName::Sim { "sim" } else { "builtin" }, "input": input})
         })
+        .chain(route_entries(&st.config.routes))
         .collect();
     Json(json!({"models": list}))
+}
+
+/// `GET /v1/models` entries of the configured routes, sorted by name (base URLs and key names
+/// stay private).
+fn route_entries(
+    routes: &std::collections::HashMap<String, flotilla_shared::routes::RouteConfig>,
+) -> Vec<serde_json::Value> {
+    let mut names: Vec<&String> = routes.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let route = &routes[name];
+            let backends: Vec<_> = route
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    json!({
+                        "name": b.name_in(name, i),
+                        "type": b.kind.as_str(),
+                        "model": b.model,
+                    })
+                })
+                .collect();
+            json!({"name": name, "backend": "route", "input": route.shape().describe(), "backends": backends})
+        })
+        .collect()
 }

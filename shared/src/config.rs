@@ -84,6 +84,8 @@ pub struct FileConfig {
     pub tenants: Vec<TenantConfig>,
     /// Model routes, `[routes.<name>]`: each a model name served by a chain of backends.
     pub routes: HashMap<String, crate::routes::RouteConfig>,
+    /// Circuit breaker rules of every route backend, `[breaker]`.
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// `[jobs]`: limits, lifetimes and the retry policy.
@@ -531,6 +533,7 @@ impl FileConfig {
             return bad("models.sim.fail_rate: between 0 and 1");
         }
         crate::routes::validate_routes(&self.routes)?;
+        self.breaker.validate().map_err(ConfigError)?;
         let mut seen = std::collections::HashSet::new();
         for t in &self.tenants {
             if Names::new(&t.name).is_err() {

@@ -3,6 +3,7 @@
 //! - [`config`]: typed configuration (flags with env fallbacks + one TOML file).
 //! - [`job`]: the job resource (HTTP JSON), the wire envelope, statuses and error kinds.
 //! - [`catalog`]: the built-in model names and the input shape each accepts.
+//! - [`breaker`]: circuit breakers of route backends, shared by the fleet through Redis.
 //! - [`routes`]: model routes (`[routes.<name>]`), chains of backends, and their input shapes.
 //! - [`names`]: every exchange, queue and Redis key name under one namespace.
 //! - [`topology`]: the RabbitMQ topology as data, declared idempotently.
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod amqp;
+pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod dlq;

@@ -383,6 +383,24 @@ async fn receive(
     resp
 }
 
+/// The entry of model `name` in `GET /v1/models` (as tenant `alpha`); panics when absent.
+pub async fn listed_model(client: &Client, name: &str) -> Value {
+    let models: Value = reqwest::Client::new()
+        .get(format!("{}/v1/models", client.base_url()))
+        .bearer_auth(ALPHA_KEY)
+        .send()
+        .await
+        .expect("GET /v1/models")
+        .json()
+        .await
+        .expect("models JSON");
+    models["models"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("model {name} not listed: {models}"))
+}
+
 /// GETs `http://<addr>/metrics` and returns the Prometheus text.
 pub async fn scrape(addr: SocketAddr) -> String {
     reqwest::get(format!("http://{addr}/metrics"))

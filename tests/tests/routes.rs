@@ -6,9 +6,9 @@ use std::time::Duration;
 use flotilla_shared::job::{ErrorKind, JobRequest, JobStatus, StepOutcome};
 use flotilla_tests::{
     fake_openai::{FakeOpenAi, Mode},
-    job, EnvOptions, TestEnv,
+    job, listed_model, EnvOptions, TestEnv,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -101,20 +101,7 @@ async fn chat_job_maps_to_the_openai_shapes_and_records_usage() {
     // The key never reaches a log.
     assert!(!env.logs().contains("sk-test-secret-123"));
     // GET /v1/models lists the route and its backends.
-    let models: Value = reqwest::Client::new()
-        .get(format!("{}/v1/models", client.base_url()))
-        .bearer_auth(flotilla_tests::ALPHA_KEY)
-        .send()
-        .await
-        .expect("models")
-        .json()
-        .await
-        .expect("json");
-    let route = models["models"]
-        .as_array()
-        .and_then(|a| a.iter().find(|m| m["name"] == "chat"))
-        .expect("chat listed")
-        .clone();
+    let route = listed_model(&client, "chat").await;
     assert_eq!(route["backends"][0]["name"], "vllm");
     assert!(
         !route.to_string().contains(&fake.base_url),

@@ -120,6 +120,18 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::connect(&args.conn.redis_url, names.clone(), ttls)
         .await
         .context("connecting to Redis")?;
+    routes.breakers().share(store.clone());
+    // Every worker shows the fleet's breaker states, also while it sends no traffic.
+    let breaker_watch = {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let backends = routes.breaker_backends();
+            loop {
+                routes.breakers().refresh(&backends).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
     let worker_id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
@@ -141,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
         limits,
         config,
         tenants,
-        pipeline: Pipeline::new(models).with_routes(routes),
+        pipeline: Pipeline::new(models).with_routes(routes.clone()),
         webhooks,
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),
@@ -197,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     pinger.abort();
+    breaker_watch.abort();
     drift_task.abort();
     admin_task.abort();
     tracing::info!("worker stopped");

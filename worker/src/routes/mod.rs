@@ -1,12 +1,14 @@
 //! Model routes: a model name served by an ordered chain of backends (`DESIGN.md` "Models").
 //!
 //! - [`openai`]: the client of OpenAI-compatible servers (chat completions, embeddings).
+//! - [`breaker`]: this process's view of the fleet-wide circuit breakers.
 //!
-//! [`Route::run`] walks a route's chain: each backend runs under its own timeout and
-//! concurrency cap; a transient failure or a timeout hands the job to the next backend, a
-//! permanent failure ends it (another backend would refuse it too). The trace of what each
+//! [`Route::run`] walks a route's chain: each backend runs behind its circuit breaker, under
+//! its own timeout and concurrency cap; an open breaker, a transient failure or a timeout
+//! hands the job to the next backend, a permanent failure ends it (another backend would refuse it too). The trace of what each
 //! backend did is stored on the job (`served_by`, `route_path`).
 
+pub mod breaker;
 pub mod openai;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
@@ -21,7 +23,7 @@ use flotilla_shared::{
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::models::ModelError;
+use crate::{models::ModelError, routes::breaker::Breakers};
 
 /// What a backend answered: model output and resource use.
 pub type Served = (Value, Value);
@@ -57,12 +59,22 @@ pub struct Route {
     /// The route's configuration (input shape).
     pub config: RouteConfig,
     metrics: Option<Arc<Metrics>>,
+    breakers: Arc<Breakers>,
 }
 
 /// Every configured route.
-#[derive(Default)]
 pub struct Routes {
     routes: HashMap<String, Arc<Route>>,
+    breakers: Arc<Breakers>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            routes: HashMap::new(),
+            breakers: Arc::new(Breakers::new(Default::default(), None)),
+        }
+    }
 }
 
 impl Routes {
@@ -72,6 +84,7 @@ impl Routes {
     /// A configuration problem, e.g. an `api_key_env` naming an unset variable (the message
     /// names the variable, never a key).
     pub fn new(cfg: &FileConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, String> {
+        let breakers = Arc::new(Breakers::new(cfg.breaker.clone(), metrics.clone()));
         let mut permits: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut routes = HashMap::new();
         for (name, route) in &cfg.routes {
@@ -106,10 +119,30 @@ impl Routes {
                     backends,
                     config: route.clone(),
                     metrics: metrics.clone(),
+                    breakers: breakers.clone(),
                 }),
             );
         }
-        Ok(Self { routes })
+        Ok(Self { routes, breakers })
+    }
+
+    /// The circuit breakers of every backend (call [`Breakers::share`] once Redis is up).
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.breakers
+    }
+
+    /// Names of the backends with a circuit breaker (every one but the built-in ones).
+    pub fn breaker_backends(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .routes
+            .values()
+            .flat_map(|r| r.backends.iter())
+            .filter(|b| !matches!(b.kind, BackendKind::Builtin(_)))
+            .map(|b| b.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The route serving model `name`, if one does.
@@ -143,6 +176,17 @@ impl Route {
         let mut trace = RouteTrace::default();
         let mut last: Option<ModelError> = None;
         for (i, backend) in self.backends.iter().enumerate() {
+            // Built-in models run in process: nothing to protect, no breaker.
+            let guarded = !matches!(backend.kind, BackendKind::Builtin(_));
+            if guarded && !self.breakers.allow(&backend.name).await {
+                tracing::info!(route = %self.name, backend = %backend.name, "circuit open; trying the next backend");
+                trace.route_path.push(RouteStep {
+                    backend: backend.name.clone(),
+                    outcome: StepOutcome::BreakerOpen,
+                });
+                self.count_fallback(i);
+                continue;
+            }
             let attempt = async {
                 let _permit = backend.permits.acquire().await;
                 call(backend).await
@@ -168,6 +212,11 @@ impl Route {
                 backend: backend.name.clone(),
                 outcome,
             });
+            if guarded {
+                // A permanent error is the caller's: the backend answered.
+                let failed = matches!(outcome, StepOutcome::Transient | StepOutcome::Timeout);
+                self.breakers.record(&backend.name, failed).await;
+            }
             match result {
                 Ok(served) => {
                     trace.served_by = Some(backend.name.clone());
@@ -192,7 +241,10 @@ impl Route {
         let error = last.unwrap_or_else(|| {
             ModelError::transient(
                 ErrorKind::UpstreamUnavailable,
-                format!("route {}: no backend available", self.name),
+                format!(
+                    "route {}: every backend's circuit breaker is open",
+                    self.name
+                ),
             )
         });
         RouteRun {

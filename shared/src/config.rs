@@ -86,6 +86,8 @@ pub struct FileConfig {
     pub routes: HashMap<String, crate::routes::RouteConfig>,
     /// Circuit breaker rules of every route backend, `[breaker]`.
     pub breaker: crate::breaker::BreakerConfig,
+    /// Result cache of model routes, `[cache]`.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// `[jobs]`: limits, lifetimes and the retry policy.

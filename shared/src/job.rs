@@ -271,6 +271,9 @@ pub struct Job {
     /// Backends the final attempt tried, in order, with what each did (routes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_path: Option<Vec<RouteStep>>,
+    /// Whether the output came from the result cache (deterministic route requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
 }
 
 /// One backend a route tried for a job: `{"backend", "outcome"}`.
@@ -304,9 +307,12 @@ pub struct RouteTrace {
     /// Backend that produced the output, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
-    /// Backends tried, in order.
+    /// Backends tried, in order (none on a cache hit).
     #[serde(default)]
     pub route_path: Vec<RouteStep>,
+    /// Whether the result cache answered (absent when the request was not cacheable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
 }
 
 /// Final outcome of a job's webhook deliveries.

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: typed configuration (flags with env fallbacks + one TOML file).
 //! - [`job`]: the job resource (HTTP JSON), the wire envelope, statuses and error kinds.
+//! - [`cache`]: the content-addressed result cache of model routes, with single-flight.
 //! - [`catalog`]: the built-in model names and the input shape each accepts.
 //! - [`breaker`]: circuit breakers of route backends, shared by the fleet through Redis.
 //! - [`routes`]: model routes (`[routes.<name>]`), chains of backends, and their input shapes.
@@ -23,6 +24,7 @@
 
 pub mod amqp;
 pub mod breaker;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod dlq;

@@ -176,6 +176,15 @@ pub struct FallbackLabels {
     pub to: String,
 }
 
+/// `model`, `result` (`hit` | `miss`): a deterministic route request and the cache's answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Model (route) name.
+    pub model: String,
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
 type Hist = fn() -> Histogram;
 type GaugeF = Gauge<f64, AtomicU64>;
 
@@ -234,6 +243,8 @@ pub struct Metrics {
     pub breaker_state: Family<BackendLabel, Gauge>,
     /// `flotilla_fallbacks_total{route,from,to}`.
     pub fallbacks: Family<FallbackLabels, Counter>,
+    /// `flotilla_cache_requests_total{model,result}`.
+    pub cache_requests: Family<CacheLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -268,6 +279,7 @@ impl Metrics {
             drift_psi: Family::default(),
             breaker_state: Family::default(),
             fallbacks: Family::default(),
+            cache_requests: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -374,6 +386,11 @@ impl Metrics {
             "flotilla_fallbacks",
             "Jobs handed from one backend of a route to the next",
             m.fallbacks.clone(),
+        );
+        r.register(
+            "flotilla_cache_requests",
+            "Result cache lookups of deterministic route requests, by result",
+            m.cache_requests.clone(),
         );
         Self { registry: r, ..m }
     }

@@ -883,6 +883,7 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
             .and_then(crate::trace::TraceParent::parse)
             .map(|t| t.trace_id_hex()),
         served_by: route.as_ref().and_then(|r| r.served_by.clone()),
+        cache_hit: route.as_ref().and_then(|r| r.cache_hit),
         route_path: route.map(|r| r.route_path),
     };
     Ok(StoredJob {

@@ -254,3 +254,56 @@ async fn a_rate_limited_only_backend_retries_after_its_retry_after() {
         "Retry-After honoured: {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn identical_deterministic_jobs_call_the_backend_once() {
+    let fake = FakeOpenAi::start(Mode::Slow(Duration::from_millis(300), "cached".into())).await;
+    let routes = openai_backend("chat", "vllm", &fake.base_url, "");
+    let mut env = TestEnv::with_options("routes-cache", with_routes(&routes)).await;
+    let client = env.start_producer().await;
+    env.start_worker(&[]).await;
+    env.start_worker(&[]).await;
+    let deterministic = JobRequest {
+        params: Some(json!({"temperature": 0, "max_tokens": 8})),
+        ..chat("What is 2 + 2?")
+    };
+
+    // 100 identical jobs at once, over two workers: one backend call.
+    let ids = futures_util::future::join_all(
+        (0..100).map(|_| flotilla_tests::submit_id(&client, &deterministic)),
+    )
+    .await;
+    let jobs = futures_util::future::join_all(ids.iter().map(|id| client.wait(id, WAIT))).await;
+    let mut hits = 0;
+    for done in jobs {
+        let done = done.expect("job ends");
+        assert_eq!(done.status, JobStatus::Succeeded, "{}", env.logs());
+        assert_eq!(done.output.as_ref().expect("output")["content"], "cached");
+        assert_eq!(done.served_by.as_deref(), Some("vllm"));
+        match done.cache_hit {
+            Some(true) => {
+                hits += 1;
+                assert_eq!(done.usage, json!({}), "a hit spends no tokens");
+            }
+            Some(false) => assert_eq!(done.usage["output_tokens"], 3),
+            None => panic!("a deterministic request is cacheable"),
+        }
+    }
+    assert_eq!(hits, 99);
+    assert_eq!(fake.calls(), 1);
+    let mut counted = 0.0;
+    for w in &env.workers {
+        counted += flotilla_tests::metric(
+            &flotilla_tests::scrape(w.addr).await,
+            "flotilla_cache_requests_total",
+            &[("model", "chat"), ("result", "hit")],
+        );
+    }
+    assert_eq!(counted, 99.0);
+
+    // A sampled request is not cached.
+    let id = flotilla_tests::submit_id(&client, &chat("What is 2 + 2?")).await;
+    let done = client.wait(&id, WAIT).await.expect("job ends");
+    assert_eq!(done.cache_hit, None);
+    assert_eq!(fake.calls(), 2);
+}

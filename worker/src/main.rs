@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::connect(&args.conn.redis_url, names.clone(), ttls)
         .await
         .context("connecting to Redis")?;
-    routes.breakers().share(store.clone());
+    routes.share(store.clone());
     // Every worker shows the fleet's breaker states, also while it sends no traffic.
     let breaker_watch = {
         let routes = routes.clone();

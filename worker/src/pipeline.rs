@@ -7,6 +7,7 @@
 use std::{sync::Arc, time::Instant};
 
 use flotilla_shared::{
+    cache::CachedAnswer,
     catalog::{self, ModelName},
     job::{ErrorKind, RouteTrace, Timings},
     routes,
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::{
     models::{sim::SimPlan, ModelError, Models},
-    routes::{Backend, BackendKind, Route, Routes},
+    routes::{cache::Lookup, Backend, BackendKind, Route, Routes},
 };
 
 /// Characters of a text the `langid` model looks at (the first ones).
@@ -164,9 +165,38 @@ impl Pipeline {
             });
         }
         let t = Instant::now();
-        let run = route
+        let cache = self.routes.cache();
+        let lookup = cache.begin(&route, input, params).await;
+        if let Lookup::Hit(answer) = lookup {
+            timings.infer_ms = ms(t);
+            return Ok(PipelineOutput {
+                output: answer.output,
+                // Nothing was spent on this job.
+                usage: json!({}),
+                timings,
+                route: Some(RouteTrace {
+                    served_by: Some(answer.served_by),
+                    route_path: Vec::new(),
+                    cache_hit: Some(true),
+                }),
+            });
+        }
+        let mut run = route
             .run(|backend| self.call_backend(backend, input, params))
             .await;
+        if let Lookup::Leader(key) = &lookup {
+            // Only the first backend's answers are the route's; a fallback's is not cached.
+            let primary = route.backends.first().map(|b| b.name.as_str());
+            let answer = match (&run.result, run.trace.served_by.as_deref()) {
+                (Ok((output, _)), Some(by)) if Some(by) == primary => Some(CachedAnswer {
+                    output: output.clone(),
+                    served_by: by.to_owned(),
+                }),
+                _ => None,
+            };
+            cache.finish(key, answer.as_ref()).await;
+            run.trace.cache_hit = Some(false);
+        }
         timings.infer_ms = ms(t);
         match run.result {
             Ok((output, usage)) => Ok(PipelineOutput {

@@ -2,6 +2,7 @@
 //!
 //! - [`openai`]: the client of OpenAI-compatible servers (chat completions, embeddings).
 //! - [`breaker`]: this process's view of the fleet-wide circuit breakers.
+//! - [`cache`]: the result cache with single-flight, for deterministic requests.
 //!
 //! [`Route::run`] walks a route's chain: each backend runs behind its circuit breaker, under
 //! its own timeout and concurrency cap; an open breaker, a transient failure or a timeout
@@ -9,6 +10,7 @@
 //! backend did is stored on the job (`served_by`, `route_path`).
 
 pub mod breaker;
+pub mod cache;
 pub mod openai;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
@@ -19,11 +21,15 @@ use flotilla_shared::{
     job::{ErrorKind, RouteStep, RouteTrace, StepOutcome},
     metrics::{FallbackLabels, Metrics},
     routes::{BackendType, RouteConfig},
+    store::Store,
 };
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::{models::ModelError, routes::breaker::Breakers};
+use crate::{
+    models::ModelError,
+    routes::{breaker::Breakers, cache::RouteCache},
+};
 
 /// What a backend answered: model output and resource use.
 pub type Served = (Value, Value);
@@ -66,6 +72,7 @@ pub struct Route {
 pub struct Routes {
     routes: HashMap<String, Arc<Route>>,
     breakers: Arc<Breakers>,
+    cache: RouteCache,
 }
 
 impl Default for Routes {
@@ -73,6 +80,7 @@ impl Default for Routes {
         Self {
             routes: HashMap::new(),
             breakers: Arc::new(Breakers::new(Default::default(), None)),
+            cache: RouteCache::new(Default::default(), None),
         }
     }
 }
@@ -123,7 +131,22 @@ impl Routes {
                 }),
             );
         }
-        Ok(Self { routes, breakers })
+        Ok(Self {
+            routes,
+            breakers,
+            cache: RouteCache::new(cfg.cache.clone(), metrics),
+        })
+    }
+
+    /// Shares breakers and the result cache with the fleet through `store` from now on.
+    pub fn share(&self, store: Store) {
+        self.breakers.share(store.clone());
+        self.cache.share(store);
+    }
+
+    /// The result cache.
+    pub fn cache(&self) -> &RouteCache {
+        &self.cache
     }
 
     /// The circuit breakers of every backend (call [`Breakers::share`] once Redis is up).

@@ -299,6 +299,8 @@ pub enum StepOutcome {
     Timeout,
     /// It refused the job for good (4xx): no fallback.
     Permanent,
+    /// It was over its rate limit (`rpm`/`tpm`): not called.
+    RateLimited,
 }
 
 /// How a route served one attempt: stored with the terminal state.

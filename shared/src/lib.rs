@@ -5,6 +5,7 @@
 //! - [`cache`]: the content-addressed result cache of model routes, with single-flight.
 //! - [`catalog`]: the built-in model names and the input shape each accepts.
 //! - [`breaker`]: circuit breakers of route backends, shared by the fleet through Redis.
+//! - [`ratelimit`]: per-backend rate limits (GCRA) shared by the fleet through Redis.
 //! - [`routes`]: model routes (`[routes.<name>]`), chains of backends, and their input shapes.
 //! - [`names`]: every exchange, queue and Redis key name under one namespace.
 //! - [`topology`]: the RabbitMQ topology as data, declared idempotently.
@@ -34,6 +35,7 @@ pub mod events;
 pub mod job;
 pub mod metrics;
 pub mod names;
+pub mod ratelimit;
 pub mod routes;
 pub mod shutdown;
 pub mod store;

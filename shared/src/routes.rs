@@ -107,6 +107,20 @@ pub struct BackendConfig {
     /// API of an `openai` backend (default `chat`).
     #[serde(default)]
     pub endpoint: Endpoint,
+    /// Requests per minute for the whole fleet; over it the backend is skipped, and a job no
+    /// backend can serve waits in a delay tier.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (input + output, from `usage`) per minute for the whole fleet.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Calls allowed back to back under `rpm` (default 1: evenly spaced).
+    #[serde(default = "default_burst")]
+    pub burst: u64,
+}
+
+fn default_burst() -> u64 {
+    1
 }
 
 fn default_timeout_s() -> u64 {
@@ -123,6 +137,15 @@ impl BackendConfig {
         self.name
             .clone()
             .unwrap_or_else(|| format!("{route}.{}", position + 1))
+    }
+
+    /// Its rate limits, if it has any.
+    pub fn limits(&self) -> Option<crate::ratelimit::Limits> {
+        (self.rpm.is_some() || self.tpm.is_some()).then_some(crate::ratelimit::Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            burst: self.burst,
+        })
     }
 
     /// The built-in model of a `builtin` backend.
@@ -233,8 +256,15 @@ pub fn validate_routes(routes: &HashMap<String, RouteConfig>) -> Result<(), Conf
                 }
             }
             backend_kinds.insert(name.clone(), (route.clone(), b.kind));
-            if b.timeout_s == 0 || b.max_concurrency == 0 {
-                return err(format!("{at}: timeout_s and max_concurrency: at least 1"));
+            if b.timeout_s == 0 || b.max_concurrency == 0 || b.burst == 0 {
+                return err(format!(
+                    "{at}: timeout_s, max_concurrency and burst: at least 1"
+                ));
+            }
+            if b.rpm == Some(0) || b.tpm == Some(0) {
+                return err(format!(
+                    "{at}: rpm and tpm: at least 1 (leave out for no limit)"
+                ));
             }
             match b.kind {
                 BackendType::Openai => {
@@ -520,6 +550,10 @@ mod tests {
             bad("[routes.x]\n[[routes.x.backends]]\ntype = \"builtin\"\nmodel = \"gpt\"")
                 .contains("built-in model")
         );
+        assert!(bad(
+            "[routes.x]\n[[routes.x.backends]]\ntype = \"openai\"\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nrpm = 0"
+        )
+        .contains("rpm and tpm"));
         assert!(
             toml::from_str::<HashMap<String, HashMap<String, RouteConfig>>>(
                 "[routes.x]\n[[routes.x.backends]]\ntype = \"openai\"\nurl = \"x\""

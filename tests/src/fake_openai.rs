@@ -37,6 +37,7 @@ pub enum Mode {
 struct Inner {
     mode: Option<Mode>,
     requests: Vec<(String, Value, Option<String>)>,
+    times: Vec<std::time::Instant>,
 }
 
 /// A running fake server.
@@ -56,6 +57,7 @@ impl FakeOpenAi {
         let inner = Arc::new(Mutex::new(Inner {
             mode: Some(mode),
             requests: Vec::new(),
+            times: Vec::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -109,6 +111,11 @@ impl FakeOpenAi {
         lock(&self.inner).requests.len()
     }
 
+    /// When each answered request arrived.
+    pub fn call_times(&self) -> Vec<std::time::Instant> {
+        lock(&self.inner).times.clone()
+    }
+
     /// Bodies of the requests received, with their `Authorization` header.
     pub fn requests(&self) -> Vec<(Value, Option<String>)> {
         lock(&self.inner)
@@ -132,6 +139,7 @@ fn record(st: &Shared, path: &str, headers: &HeaderMap, body: &Value) -> Mode {
         .map(str::to_owned);
     let mut inner = lock(st);
     inner.requests.push((path.into(), body.clone(), auth));
+    inner.times.push(std::time::Instant::now());
     inner.mode.clone().unwrap_or(Mode::Ok(String::new()))
 }
 

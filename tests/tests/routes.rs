@@ -307,3 +307,44 @@ async fn identical_deterministic_jobs_call_the_backend_once() {
     assert_eq!(done.cache_hit, None);
     assert_eq!(fake.calls(), 2);
 }
+
+#[tokio::test]
+async fn over_its_rate_limit_a_job_waits_instead_of_failing() {
+    let only = FakeOpenAi::start(Mode::Ok("paced".into())).await;
+    // 60 requests per minute, no burst: calls at least 1 s apart, fleet-wide.
+    let routes = openai_backend("chat", "only", &only.base_url, "rpm = 60");
+    let mut env = TestEnv::with_options("routes-rpm", with_routes(&routes)).await;
+    let client = env.start_producer().await;
+    env.start_worker(&[]).await;
+    env.start_worker(&[]).await;
+    let req = chat("hi");
+    let ids =
+        futures_util::future::join_all((0..4).map(|_| flotilla_tests::submit_id(&client, &req)))
+            .await;
+    for id in &ids {
+        let done = client.wait(id, WAIT).await.expect("job ends");
+        assert_eq!(done.status, JobStatus::Succeeded, "{}", env.logs());
+        assert_eq!(done.served_by.as_deref(), Some("only"));
+        assert_eq!(done.attempts, 1, "waiting for the limit spends no attempt");
+    }
+    let times = only.call_times();
+    assert_eq!(times.len(), 4);
+    let mut sorted = times.clone();
+    sorted.sort();
+    for pair in sorted.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(950), "calls {gap:?} apart");
+    }
+    let mut retried = 0.0;
+    for w in &env.workers {
+        retried += flotilla_tests::metric(
+            &flotilla_tests::scrape(w.addr).await,
+            "flotilla_jobs_retried_total",
+            &[("model", "chat")],
+        );
+    }
+    assert!(
+        retried >= 3.0,
+        "held-back jobs went to a delay tier: {retried}"
+    );
+}

@@ -291,7 +291,8 @@ async fn process(
         }
     };
     if let Some(err) = transient {
-        if attempts < max_attempts {
+        // A job held back by a rate limit waits without spending an attempt.
+        if attempts < max_attempts || err.throttled {
             let delay = policy
                 .delay(attempts, rand::random::<f64>())
                 .max(err.retry_after.unwrap_or_default());
@@ -305,7 +306,7 @@ async fn process(
                 })
                 .inc();
             match ctx
-                .retry_store(|| ctx.store.release(&env.id, &owner, false))
+                .retry_store(|| ctx.store.release(&env.id, &owner, err.throttled))
                 .await
             {
                 Ok(_) => defer(ctx, publisher, delivery, &env.id, delay).await,

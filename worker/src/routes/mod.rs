@@ -3,6 +3,7 @@
 //! - [`openai`]: the client of OpenAI-compatible servers (chat completions, embeddings).
 //! - [`breaker`]: this process's view of the fleet-wide circuit breakers.
 //! - [`cache`]: the result cache with single-flight, for deterministic requests.
+//! - [`limits`]: per-backend rate limits (requests and tokens per minute), fleet-wide.
 //!
 //! [`Route::run`] walks a route's chain: each backend runs behind its circuit breaker, under
 //! its own timeout and concurrency cap; an open breaker, a transient failure or a timeout
@@ -11,6 +12,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod limits;
 pub mod openai;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
@@ -20,6 +22,7 @@ use flotilla_shared::{
     config::FileConfig,
     job::{ErrorKind, RouteStep, RouteTrace, StepOutcome},
     metrics::{FallbackLabels, Metrics},
+    ratelimit::Limits,
     routes::{BackendType, RouteConfig},
     store::Store,
 };
@@ -28,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     models::ModelError,
-    routes::{breaker::Breakers, cache::RouteCache},
+    routes::{breaker::Breakers, cache::RouteCache, limits::RateLimiter},
 };
 
 /// What a backend answered: model output and resource use.
@@ -52,6 +55,8 @@ pub struct Backend {
     pub kind: BackendKind,
     /// Limit on one call.
     pub timeout: Duration,
+    /// Fleet-wide rate limits, if configured.
+    pub limits: Option<Limits>,
     /// Caps this worker's calls in flight to the backend (shared by routes naming it).
     permits: Arc<Semaphore>,
 }
@@ -66,12 +71,14 @@ pub struct Route {
     pub config: RouteConfig,
     metrics: Option<Arc<Metrics>>,
     breakers: Arc<Breakers>,
+    limiter: Arc<RateLimiter>,
 }
 
 /// Every configured route.
 pub struct Routes {
     routes: HashMap<String, Arc<Route>>,
     breakers: Arc<Breakers>,
+    limiter: Arc<RateLimiter>,
     cache: RouteCache,
 }
 
@@ -80,6 +87,7 @@ impl Default for Routes {
         Self {
             routes: HashMap::new(),
             breakers: Arc::new(Breakers::new(Default::default(), None)),
+            limiter: Arc::default(),
             cache: RouteCache::new(Default::default(), None),
         }
     }
@@ -93,6 +101,7 @@ impl Routes {
     /// names the variable, never a key).
     pub fn new(cfg: &FileConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, String> {
         let breakers = Arc::new(Breakers::new(cfg.breaker.clone(), metrics.clone()));
+        let limiter = Arc::new(RateLimiter::default());
         let mut permits: HashMap<String, Arc<Semaphore>> = HashMap::new();
         let mut routes = HashMap::new();
         for (name, route) in &cfg.routes {
@@ -117,6 +126,7 @@ impl Routes {
                     name: backend,
                     kind,
                     timeout: Duration::from_secs(b.timeout_s),
+                    limits: b.limits(),
                     permits,
                 });
             }
@@ -128,12 +138,14 @@ impl Routes {
                     config: route.clone(),
                     metrics: metrics.clone(),
                     breakers: breakers.clone(),
+                    limiter: limiter.clone(),
                 }),
             );
         }
         Ok(Self {
             routes,
             breakers,
+            limiter,
             cache: RouteCache::new(cfg.cache.clone(), metrics),
         })
     }
@@ -141,6 +153,7 @@ impl Routes {
     /// Shares breakers and the result cache with the fleet through `store` from now on.
     pub fn share(&self, store: Store) {
         self.breakers.share(store.clone());
+        self.limiter.share(store.clone());
         self.cache.share(store);
     }
 
@@ -210,6 +223,24 @@ impl Route {
                 self.count_fallback(i);
                 continue;
             }
+            if let Some(limits) = backend.limits {
+                if let Some(wait) = self.limiter.take(&backend.name, limits).await {
+                    tracing::info!(route = %self.name, backend = %backend.name, ?wait, "over its rate limit; trying the next backend");
+                    trace.route_path.push(RouteStep {
+                        backend: backend.name.clone(),
+                        outcome: StepOutcome::RateLimited,
+                    });
+                    self.count_fallback(i);
+                    let mut e = ModelError::transient(
+                        ErrorKind::UpstreamUnavailable,
+                        format!("backend {} is over its rate limit", backend.name),
+                    );
+                    e.retry_after = Some(wait);
+                    e.throttled = true;
+                    last = Some(e);
+                    continue;
+                }
+            }
             let attempt = async {
                 let _permit = backend.permits.acquire().await;
                 call(backend).await
@@ -239,6 +270,9 @@ impl Route {
                 // A permanent error is the caller's: the backend answered.
                 let failed = matches!(outcome, StepOutcome::Transient | StepOutcome::Timeout);
                 self.breakers.record(&backend.name, failed).await;
+            }
+            if let (Some(limits), Ok((_, usage))) = (backend.limits, &result) {
+                self.limiter.charge(&backend.name, limits, usage).await;
             }
             match result {
                 Ok(served) => {

@@ -168,7 +168,7 @@ pub enum RouteShape {
 }
 
 impl RouteShape {
-    /// Name shown in `GET /v1/models`.
+    /// The input shape as `GET /v1/models` shows it.
     pub fn describe(self) -> Value {
         match self {
             Self::Chat => {
@@ -366,12 +366,8 @@ pub fn validate(route: &RouteConfig, input: &Value, params: &Value) -> Result<()
     let shape = route.shape();
     match shape {
         RouteShape::Builtin(m) => return catalog::validate(m, input, params),
-        RouteShape::Any => {
-            return match input {
-                Value::Object(_) => Ok(()),
-                _ => Err("input: expected an object".into()),
-            }
-        }
+        // A route of `sim` backends takes what `sim` takes, within the same bounds.
+        RouteShape::Any => return catalog::validate(ModelName::Sim, input, params),
         RouteShape::Chat | RouteShape::Embeddings => {}
     }
     let obj = input
@@ -532,6 +528,16 @@ mod tests {
         assert!(validate(e, &json!({"input": ["a", "b"]}), &Value::Null).is_ok());
         assert!(validate(e, &json!({"input": [1]}), &Value::Null).is_err());
         assert!(validate(e, &json!({"text": "a"}), &Value::Null).is_err());
+    }
+
+    #[test]
+    fn a_sim_route_takes_what_sim_takes() {
+        let r = routes("[routes.fake]\n[[routes.fake.backends]]\ntype = \"sim\"\n");
+        validate_routes(&r).unwrap();
+        let fake = &r["fake"];
+        assert!(validate(fake, &json!({"n": 1}), &json!({"latency_ms": 5})).is_ok());
+        assert!(validate(fake, &json!({}), &json!({"latency_ms": 999_999_999})).is_err());
+        assert!(validate(fake, &json!("x"), &Value::Null).is_err());
     }
 
     #[test]

@@ -348,3 +348,23 @@ async fn over_its_rate_limit_a_job_waits_instead_of_failing() {
         "held-back jobs went to a delay tier: {retried}"
     );
 }
+
+#[tokio::test]
+async fn a_missing_api_key_variable_stops_the_worker_with_a_clear_message() {
+    let routes = openai_backend(
+        "chat",
+        "keyed",
+        "http://127.0.0.1:9/v1",
+        "api_key_env = \"FLOTILLA_TEST_KEY_THAT_IS_NOT_SET\"",
+    );
+    let mut env = TestEnv::with_options("routes-nokey", with_routes(&routes)).await;
+    let idx = env.spawn_worker(&[]);
+    let code = env.workers[idx].wait_exit(WAIT).await;
+    assert_eq!(code, Some(2), "{}", env.logs());
+    let log = env.workers[idx].log_text();
+    assert!(
+        log.contains("env var FLOTILLA_TEST_KEY_THAT_IS_NOT_SET (api_key_env) is not set"),
+        "{log}"
+    );
+    assert!(log.contains("routes.chat.backends[0] (keyed)"), "{log}");
+}

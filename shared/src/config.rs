@@ -82,6 +82,12 @@ pub struct FileConfig {
     pub models: ModelsConfig,
     /// Tenants and their API keys.
     pub tenants: Vec<TenantConfig>,
+    /// Model routes, `[routes.<name>]`: each a model name served by a chain of backends.
+    pub routes: HashMap<String, crate::routes::RouteConfig>,
+    /// Circuit breaker rules of every route backend, `[breaker]`.
+    pub breaker: crate::breaker::BreakerConfig,
+    /// Result cache of model routes, `[cache]`.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// `[jobs]`: limits, lifetimes and the retry policy.
@@ -479,7 +485,8 @@ impl FileConfig {
             return bad("jobs.retry_factor: a number >= 1");
         }
         for (model, _) in j.models.iter() {
-            if crate::catalog::ModelName::parse(model).is_none() {
+            if crate::catalog::ModelName::parse(model).is_none() && !self.routes.contains_key(model)
+            {
                 return Err(ConfigError(format!("jobs.models.{model}: no such model")));
             }
             let p = j.retry_policy(model);
@@ -527,6 +534,8 @@ impl FileConfig {
         if !(0.0..=1.0).contains(&self.models.sim.fail_rate) {
             return bad("models.sim.fail_rate: between 0 and 1");
         }
+        crate::routes::validate_routes(&self.routes)?;
+        self.breaker.validate().map_err(ConfigError)?;
         let mut seen = std::collections::HashSet::new();
         for t in &self.tenants {
             if Names::new(&t.name).is_err() {

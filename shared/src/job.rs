@@ -264,6 +264,57 @@ pub struct Job {
     /// The worker's spans and every webhook request (`traceparent`) carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Backend of the model route that produced the output (routes only, see
+    /// [`crate::routes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+    /// Backends the final attempt tried, in order, with what each did (routes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_path: Option<Vec<RouteStep>>,
+    /// Whether the output came from the result cache (deterministic route requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
+}
+
+/// One backend a route tried for a job: `{"backend", "outcome"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteStep {
+    /// Backend name.
+    pub backend: String,
+    /// What happened.
+    pub outcome: StepOutcome,
+}
+
+/// What one backend of a route did with a job.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// It answered: the job's output is its.
+    Ok,
+    /// Its circuit breaker was open: not called.
+    BreakerOpen,
+    /// It failed transiently (429, 5xx, connection): the next backend was tried.
+    Transient,
+    /// It exceeded its `timeout_s`: the next backend was tried.
+    Timeout,
+    /// It refused the job for good (4xx): no fallback.
+    Permanent,
+    /// It was over its rate limit (`rpm`/`tpm`): not called.
+    RateLimited,
+}
+
+/// How a route served one attempt: stored with the terminal state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteTrace {
+    /// Backend that produced the output, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+    /// Backends tried, in order (none on a cache hit).
+    #[serde(default)]
+    pub route_path: Vec<RouteStep>,
+    /// Whether the result cache answered (absent when the request was not cacheable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
 }
 
 /// Final outcome of a job's webhook deliveries.

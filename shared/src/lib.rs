@@ -2,7 +2,11 @@
 //!
 //! - [`config`]: typed configuration (flags with env fallbacks + one TOML file).
 //! - [`job`]: the job resource (HTTP JSON), the wire envelope, statuses and error kinds.
+//! - [`cache`]: the content-addressed result cache of model routes, with single-flight.
 //! - [`catalog`]: the built-in model names and the input shape each accepts.
+//! - [`breaker`]: circuit breakers of route backends, shared by the fleet through Redis.
+//! - [`ratelimit`]: per-backend rate limits (GCRA) shared by the fleet through Redis.
+//! - [`routes`]: model routes (`[routes.<name>]`), chains of backends, and their input shapes.
 //! - [`names`]: every exchange, queue and Redis key name under one namespace.
 //! - [`topology`]: the RabbitMQ topology as data, declared idempotently.
 //! - [`amqp`]: connecting to the broker and publishing with publisher confirms.
@@ -20,6 +24,8 @@
 #![warn(missing_docs)]
 
 pub mod amqp;
+pub mod breaker;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod dlq;
@@ -29,6 +35,8 @@ pub mod events;
 pub mod job;
 pub mod metrics;
 pub mod names;
+pub mod ratelimit;
+pub mod routes;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

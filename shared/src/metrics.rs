@@ -158,6 +158,33 @@ pub struct RouteLabels {
     pub method: String,
 }
 
+/// `backend`: a route backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// Backend name.
+    pub backend: String,
+}
+
+/// `route`, `from`, `to`: a job handed from one backend of a route to the next.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// Route (model name).
+    pub route: String,
+    /// Backend that did not serve (failed, timed out, or its breaker was open).
+    pub from: String,
+    /// Backend tried next.
+    pub to: String,
+}
+
+/// `model`, `result` (`hit` | `miss`): a deterministic route request and the cache's answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Model (route) name.
+    pub model: String,
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
 type Hist = fn() -> Histogram;
 type GaugeF = Gauge<f64, AtomicU64>;
 
@@ -212,6 +239,12 @@ pub struct Metrics {
     pub webhook_deliveries: Family<OutcomeLabel, Counter>,
     /// `flotilla_drift_psi{model}`: population stability index, recent vs baseline outputs.
     pub drift_psi: Family<ModelLabel, GaugeF>,
+    /// `flotilla_breaker_state{backend}`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Family<BackendLabel, Gauge>,
+    /// `flotilla_fallbacks_total{route,from,to}`.
+    pub fallbacks: Family<FallbackLabels, Counter>,
+    /// `flotilla_cache_requests_total{model,result}`.
+    pub cache_requests: Family<CacheLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -244,6 +277,9 @@ impl Metrics {
             webhook_duration: latency(),
             webhook_deliveries: Family::default(),
             drift_psi: Family::default(),
+            breaker_state: Family::default(),
+            fallbacks: Family::default(),
+            cache_requests: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -340,6 +376,21 @@ impl Metrics {
             "flotilla_drift_psi",
             "Population stability index of recent outputs against the baseline",
             m.drift_psi.clone(),
+        );
+        r.register(
+            "flotilla_breaker_state",
+            "Circuit breaker of a route backend: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        r.register(
+            "flotilla_fallbacks",
+            "Jobs handed from one backend of a route to the next",
+            m.fallbacks.clone(),
+        );
+        r.register(
+            "flotilla_cache_requests",
+            "Result cache lookups of deterministic route requests, by result",
+            m.cache_requests.clone(),
         );
         Self { registry: r, ..m }
     }

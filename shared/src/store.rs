@@ -7,7 +7,7 @@
 //! Job hash fields: `id tenant model status input params webhook metadata created_at deadline
 //! timeout_s attempts started_at completed_at output error usage timings lease_owner
 //! lease_until_ms event_published webhook_status submitting body_hash idempotency_key
-//! traceparent`.
+//! traceparent route` (`route`: the [`crate::job::RouteTrace`] of a model route).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -191,6 +191,8 @@ pub struct Outcome {
     pub usage: Value,
     /// Stage timings of the final attempt.
     pub timings: Timings,
+    /// How a model route served the final attempt (routes only).
+    pub route: Option<crate::job::RouteTrace>,
 }
 
 /// Result of reserving an idempotency key.
@@ -274,6 +276,11 @@ impl StoredJob {
         s.job.usage = outcome.usage.clone();
         s.job.timings = outcome.timings;
         s.job.completed_at = Some(completed_at);
+        if let Some(r) = &outcome.route {
+            s.job.served_by = r.served_by.clone();
+            s.job.cache_hit = r.cache_hit;
+            s.job.route_path = Some(r.route_path.clone());
+        }
         s.lease_owner = None;
         s.submitting = false;
         s
@@ -684,6 +691,11 @@ impl Store {
             .unwrap_or_default();
         let timings = serde_json::to_string(&outcome.timings).unwrap_or_else(|_| "{}".into());
         let completed = rfc3339(Utc::now());
+        let route = outcome
+            .route
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+            .unwrap_or_default();
         let mut c = self.conn.clone();
         let reply: Vec<String> = self
             .scripts
@@ -697,6 +709,7 @@ impl Store {
             .arg(timings)
             .arg(&completed)
             .arg(self.ttls.result.as_millis() as u64)
+            .arg(route)
             .arg(if claimed.is_some() { "0" } else { "1" })
             .invoke_async(&mut c)
             .await?;
@@ -881,6 +894,13 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         ),
         None => None,
     };
+    let route = match json("route")? {
+        Some(v) => Some(
+            serde_json::from_value::<crate::job::RouteTrace>(v)
+                .map_err(|e| corrupt(format!("route: {e}")))?,
+        ),
+        None => None,
+    };
     let obj = || Value::Object(serde_json::Map::new());
     let job = Job {
         id: text("id").unwrap_or_default().to_owned(),
@@ -903,6 +923,9 @@ fn parse_record(key: &str, map: &HashMap<String, String>) -> StoreResult<StoredJ
         trace_id: text("traceparent")
             .and_then(crate::trace::TraceParent::parse)
             .map(|t| t.trace_id_hex()),
+        served_by: route.as_ref().and_then(|r| r.served_by.clone()),
+        cache_hit: route.as_ref().and_then(|r| r.cache_hit),
+        route_path: route.map(|r| r.route_path),
     };
     Ok(StoredJob {
         job,

@@ -6,6 +6,7 @@
 //! The binaries come from the same `target/` directory as the test executable (`make test`
 //! builds them first).
 
+pub mod fake_openai;
 pub mod services;
 
 use std::{
@@ -380,6 +381,24 @@ async fn receive(
         }
     }
     resp
+}
+
+/// The entry of model `name` in `GET /v1/models` (as tenant `alpha`); panics when absent.
+pub async fn listed_model(client: &Client, name: &str) -> Value {
+    let models: Value = reqwest::Client::new()
+        .get(format!("{}/v1/models", client.base_url()))
+        .bearer_auth(ALPHA_KEY)
+        .send()
+        .await
+        .expect("GET /v1/models")
+        .json()
+        .await
+        .expect("models JSON");
+    models["models"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("model {name} not listed: {models}"))
 }
 
 /// GETs `http://<addr>/metrics` and returns the Prometheus text.

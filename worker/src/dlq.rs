@@ -89,6 +89,7 @@ pub async fn handle(
             }),
             usage: json!({}),
             timings: Timings::default(),
+            route: None,
         };
         tracing::warn!(job_id = %env.id, %reason, attempts, "poison job dead-lettered by the broker; failing it");
         match ctx

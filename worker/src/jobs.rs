@@ -217,6 +217,7 @@ async fn process(
                 }),
                 usage: json!({}),
                 timings: Timings::default(),
+                route: None,
             };
             let holder = Holder {
                 owner: &owner,
@@ -249,6 +250,7 @@ async fn process(
                     error: None,
                     usage: out.usage,
                     timings,
+                    route: out.route,
                 },
                 None,
             )
@@ -257,22 +259,21 @@ async fn process(
             let mut timings = failure.timings;
             timings.queue_ms = Some(queue_ms);
             let transient = failure.error.transient.then(|| failure.error.clone());
-            (
-                failed(
-                    failure.error.kind,
-                    failure.error.message,
-                    json!({}),
-                    timings,
-                ),
-                transient,
-            )
+            let mut outcome = failed(
+                failure.error.kind,
+                failure.error.message,
+                json!({}),
+                timings,
+            );
+            outcome.route = failure.route;
+            (outcome, transient)
         }
         Err(_elapsed) => {
             let message = format!("model call exceeded timeout_s = {timeout_s}");
             // A built-in model is CPU-bound and deterministic: it would time out again, and a
             // blocking thread cannot be interrupted, so retrying only burns CPU. Remote and
             // simulated backends may be faster next time.
-            let e = if env.model == "sim" {
+            let e = if ctx.pipeline.is_remote(&env.model) {
                 ModelError::transient(ErrorKind::Timeout, message)
             } else {
                 ModelError::permanent(ErrorKind::Timeout, message)
@@ -288,7 +289,8 @@ async fn process(
         }
     };
     if let Some(err) = transient {
-        if attempts < max_attempts {
+        // A job held back by a rate limit waits without spending an attempt.
+        if attempts < max_attempts || err.throttled {
             let delay = policy
                 .delay(attempts, rand::random::<f64>())
                 .max(err.retry_after.unwrap_or_default());
@@ -302,7 +304,7 @@ async fn process(
                 })
                 .inc();
             match ctx
-                .retry_store(|| ctx.store.release(&env.id, &owner, false))
+                .retry_store(|| ctx.store.release(&env.id, &owner, err.throttled))
                 .await
             {
                 Ok(_) => defer(ctx, publisher, delivery, &env.id, delay).await,
@@ -348,6 +350,7 @@ fn failed(kind: ErrorKind, message: String, usage: serde_json::Value, timings: T
         error: Some(JobError { kind, message }),
         usage,
         timings,
+        route: None,
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`decode`]: envelope decoding with dead-letter reasons.
 //! - [`pipeline`]: validate → preprocess → infer → postprocess.
 //! - [`models`]: built-in models (sentiment, langid, tokens, sim).
+//! - [`routes`]: model routes: chains of backends (built-in, OpenAI-compatible, sim) with fallback.
 //! - [`webhook`]: the signed webhook client and the event dispatcher.
 //! - [`admin`]: `/healthz` and `/readyz`.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod drift;
 pub mod jobs;
 pub mod models;
 pub mod pipeline;
+pub mod routes;
 pub mod session;
 pub mod webhook;
 

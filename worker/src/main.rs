@@ -106,6 +106,13 @@ async fn main() -> anyhow::Result<()> {
             .context("loading models")?
             .unwrap_or_else(|e| fail(format!("configuration error: {e}")))
     };
+    let metrics = Arc::new(Metrics::new());
+    // Route backends read their API keys here: a missing one stops the worker before it
+    // connects anywhere.
+    let routes = Arc::new(
+        flotilla_worker::routes::Routes::new(&config, Some(metrics.clone()))
+            .unwrap_or_else(|e| fail(format!("configuration error: {e}"))),
+    );
     let ttls = StoreTtls {
         result: Duration::from_secs(config.jobs.result_ttl_s),
         idempotency: Duration::from_secs(config.jobs.idempotency_ttl_s),
@@ -113,6 +120,18 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::connect(&args.conn.redis_url, names.clone(), ttls)
         .await
         .context("connecting to Redis")?;
+    routes.share(store.clone());
+    // Every worker shows the fleet's breaker states, also while it sends no traffic.
+    let breaker_watch = {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let backends = routes.breaker_backends();
+            loop {
+                routes.breakers().refresh(&backends).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
     let worker_id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
@@ -120,7 +139,6 @@ async fn main() -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let events = Events::new(store.clone(), tenants.clone(), &config.webhooks);
     let limits = EndpointLimits::new(config.webhooks.per_endpoint_concurrency);
-    let metrics = Arc::new(Metrics::new());
     metrics
         .capacity
         .get_or_create(&PoolLabel {
@@ -135,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
         limits,
         config,
         tenants,
-        pipeline: Pipeline::new(models),
+        pipeline: Pipeline::new(models).with_routes(routes.clone()),
         webhooks,
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),
@@ -191,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     pinger.abort();
+    breaker_watch.abort();
     drift_task.abort();
     admin_task.abort();
     tracing::info!("worker stopped");

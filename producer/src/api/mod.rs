@@ -209,7 +209,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> (StatusCode, Json<serde_json
 
 async fn models(State(st): State<Arc<AppState>>, _tenant: AuthTenant) -> Json<serde_json::Value> {
     use flotilla_shared::catalog::{ModelName, ENCODINGS};
-    let list: Vec<_> = ModelName::ALL
+    let mut list: Vec<_> = ModelName::ALL
         .into_iter()
         .filter(|m| *m != ModelName::Sim || st.config.models.sim.enabled)
         .map(|m| {
@@ -221,5 +221,48 @@ async fn models(State(st): State<Arc<AppState>>, _tenant: AuthTenant) -> Json<se
             json!({"name": m.as_str(), "backend": if m == ModelName::Sim { "sim" } else { "builtin" }, "input": input})
         })
         .collect();
+    list.extend(route_entries(&st.store, &st.config.routes).await);
     Json(json!({"models": list}))
+}
+
+/// `GET /v1/models` entries of the configured routes, sorted by name, each backend with its
+/// fleet-wide circuit breaker state (`unknown` when Redis does not answer; built-in backends
+/// have no breaker). Base URLs and key names stay private.
+async fn route_entries(
+    store: &flotilla_shared::store::Store,
+    routes: &std::collections::HashMap<String, flotilla_shared::routes::RouteConfig>,
+) -> Vec<serde_json::Value> {
+    use flotilla_shared::routes::BackendType;
+    let mut names: Vec<&String> = routes.keys().collect();
+    names.sort();
+    let now = flotilla_shared::now_ms();
+    let mut entries = Vec::new();
+    for name in names {
+        let route = &routes[name];
+        let mut backends = Vec::new();
+        for (i, b) in route.backends.iter().enumerate() {
+            let backend = b.name_in(name, i);
+            let breaker = if b.kind == BackendType::Builtin {
+                None
+            } else {
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    flotilla_shared::breaker::read(store, &backend, now),
+                )
+                .await;
+                Some(match read {
+                    Ok(Ok(state)) => state.as_str(),
+                    _ => "unknown",
+                })
+            };
+            backends.push(json!({
+                "name": backend,
+                "type": b.kind.as_str(),
+                "model": b.model,
+                "breaker": breaker,
+            }));
+        }
+        entries.push(json!({"name": name, "backend": "route", "input": route.shape().describe(), "backends": backends}));
+    }
+    entries
 }

@@ -16,23 +16,27 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// Checks a parsed request; the message names the offending field.
 pub fn request(req: &JobRequest, cfg: &FileConfig, has_secret: bool) -> Result<(), ApiError> {
-    let model = ModelName::parse(&req.model)
-        .filter(|m| *m != ModelName::Sim || cfg.models.sim.enabled)
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "model: unknown model {:?}; GET /v1/models lists them",
-                req.model
-            ))
-        })?;
     let params = req.params.clone().unwrap_or(serde_json::Value::Null);
-    catalog::validate(model, &req.input, &params).map_err(ApiError::invalid)?;
-    if model == ModelName::Sim
-        && params.get("crash").and_then(|v| v.as_bool()) == Some(true)
-        && !cfg.models.sim.allow_crash
-    {
-        return Err(ApiError::invalid(
-            "params.crash: not allowed (models.sim.allow_crash is off)",
-        ));
+    if let Some(route) = cfg.routes.get(&req.model) {
+        flotilla_shared::routes::validate(route, &req.input, &params).map_err(ApiError::invalid)?;
+    } else {
+        let model = ModelName::parse(&req.model)
+            .filter(|m| *m != ModelName::Sim || cfg.models.sim.enabled)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "model: unknown model {:?}; GET /v1/models lists them",
+                    req.model
+                ))
+            })?;
+        catalog::validate(model, &req.input, &params).map_err(ApiError::invalid)?;
+        if model == ModelName::Sim
+            && params.get("crash").and_then(|v| v.as_bool()) == Some(true)
+            && !cfg.models.sim.allow_crash
+        {
+            return Err(ApiError::invalid(
+                "params.crash: not allowed (models.sim.allow_crash is off)",
+            ));
+        }
     }
     if let Some(meta) = &req.metadata {
         if !meta.is_object() {

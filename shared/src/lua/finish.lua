@@ -4,7 +4,8 @@
 -- ARGV[1] lease owner or '*'   ARGV[2] terminal status   ARGV[3] output JSON or ''
 -- ARGV[4] error JSON or ''   ARGV[5] usage JSON   ARGV[6] timings JSON
 -- ARGV[7] completed_at, RFC 3339   ARGV[8] record TTL, ms
--- ARGV[9] '1' to return the stored record, '0' when the caller builds it from what it claimed
+-- ARGV[9] route trace JSON ({served_by, route_path, cache_hit}) or '' (model routes only)
+-- ARGV[10] '1' to return the stored record, '0' when the caller builds it from what it claimed
 -- Returns {'ok', field1, value1, ...} (the stored record, for the completion event) or {'ok'} |
 --         {'missing'} | {'terminal'} | {'not_owner'} | {'no_output'}
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -20,9 +21,10 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'usage', ARGV[5], 'timings', ARGV
   'completed_at', ARGV[7])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+if ARGV[9] and ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'route', ARGV[9]) end
 redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until_ms', 'submitting')
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
-if ARGV[9] ~= '1' then return {'ok'} end
+if ARGV[10] ~= '1' then return {'ok'} end
 local r = {'ok'}
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(r, v) end
 return r

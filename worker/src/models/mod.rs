@@ -26,6 +26,8 @@ pub struct ModelError {
     pub transient: bool,
     /// How long the backend asked us to wait before retrying, if it said.
     pub retry_after: Option<Duration>,
+    /// Held back by a rate limit before any call: the wait does not spend an attempt.
+    pub throttled: bool,
 }
 
 impl ModelError {
@@ -36,6 +38,7 @@ impl ModelError {
             message: message.into(),
             transient: false,
             retry_after: None,
+            throttled: false,
         }
     }
 
@@ -46,6 +49,7 @@ impl ModelError {
             message: message.into(),
             transient: true,
             retry_after: None,
+            throttled: false,
         }
     }
 }

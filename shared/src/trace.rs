@@ -16,6 +16,30 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// The header (HTTP and AMQP) carrying the context.
 pub const TRACEPARENT: &str = "traceparent";
 
+tokio::task_local! {
+    static JOB_TRACE: TraceParent;
+}
+
+/// Runs `fut` with `trace` as the job's context, so that outgoing calls inside it (a model
+/// server request) can continue the trace through [`for_outgoing_call`].
+pub async fn with_job_trace<F: std::future::Future>(
+    trace: Option<TraceParent>,
+    fut: F,
+) -> F::Output {
+    match trace {
+        Some(t) => JOB_TRACE.scope(t, fut).await,
+        None => fut.await,
+    }
+}
+
+/// The `traceparent` for an HTTP call made inside a job: the current span's exported context
+/// when OpenTelemetry is on, else a child of the job's; `None` outside a job.
+pub fn for_outgoing_call() -> Option<TraceParent> {
+    JOB_TRACE
+        .try_with(|t| t.outgoing(&tracing::Span::current()))
+        .ok()
+}
+
 /// A parsed `traceparent`: version 00, trace id, parent span id, sampled flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {

@@ -38,6 +38,7 @@ struct Inner {
     mode: Option<Mode>,
     requests: Vec<(String, Value, Option<String>)>,
     times: Vec<std::time::Instant>,
+    traceparents: Vec<Option<String>>,
 }
 
 /// A running fake server.
@@ -58,6 +59,7 @@ impl FakeOpenAi {
             mode: Some(mode),
             requests: Vec::new(),
             times: Vec::new(),
+            traceparents: Vec::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -116,6 +118,11 @@ impl FakeOpenAi {
         lock(&self.inner).times.clone()
     }
 
+    /// The `traceparent` header of each request received.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        lock(&self.inner).traceparents.clone()
+    }
+
     /// Bodies of the requests received, with their `Authorization` header.
     pub fn requests(&self) -> Vec<(Value, Option<String>)> {
         lock(&self.inner)
@@ -139,6 +146,12 @@ fn record(st: &Shared, path: &str, headers: &HeaderMap, body: &Value) -> Mode {
         .map(str::to_owned);
     let mut inner = lock(st);
     inner.requests.push((path.into(), body.clone(), auth));
+    inner.traceparents.push(
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
     inner.times.push(std::time::Instant::now());
     inner.mode.clone().unwrap_or(Mode::Ok(String::new()))
 }

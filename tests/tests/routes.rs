@@ -70,6 +70,12 @@ async fn chat_job_maps_to_the_openai_shapes_and_records_usage() {
     assert_eq!(out["finish_reason"], "stop");
     assert_eq!(done.usage, json!({"input_tokens": 12, "output_tokens": 3}));
     assert_eq!(done.served_by.as_deref(), Some("vllm"));
+    // The model call continues the job's trace.
+    let sent = fake.traceparents()[0]
+        .clone()
+        .expect("traceparent on the model call");
+    let trace = flotilla_shared::trace::TraceParent::parse(&sent).expect("valid");
+    assert_eq!(Some(trace.trace_id_hex()), done.trace_id);
     assert_eq!(path(&done), [("vllm".to_string(), StepOutcome::Ok)]);
 
     let reqs = fake.requests();

@@ -162,7 +162,8 @@ async fn process(
     let (attempts, first_start, stored) = attempts;
     let _running = InFlight::new(ctx);
     // One trace per job: every attempt's span is a child of the submitting request.
-    if let Some(tp) = stored.traceparent.as_deref().and_then(TraceParent::parse) {
+    let job_trace = stored.traceparent.as_deref().and_then(TraceParent::parse);
+    if let Some(tp) = job_trace {
         let span = tracing::Span::current();
         span.record("trace_id", tracing::field::display(tp.trace_id_hex()));
         tp.attach(&span);
@@ -195,7 +196,10 @@ async fn process(
     let timeout_s = env.timeout_s.unwrap_or(ctx.config.jobs.default_timeout_s);
     let run = tokio::time::timeout(
         Duration::from_secs(timeout_s),
-        ctx.pipeline.run(&env.model, &env.input, &env.params),
+        flotilla_shared::trace::with_job_trace(
+            job_trace,
+            ctx.pipeline.run(&env.model, &env.input, &env.params),
+        ),
     );
     let result = tokio::select! {
         r = run => Some(r),

@@ -114,6 +114,10 @@ impl OpenAi {
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
+        // The model server sees the job's trace (W3C trace context).
+        if let Some(tp) = flotilla_shared::trace::for_outgoing_call() {
+            req = req.header(flotilla_shared::trace::TRACEPARENT, tp.to_string());
+        }
         let resp = req.send().await.map_err(|e| self.transport(&e))?;
         let status = resp.status();
         let headers = resp.headers().clone();

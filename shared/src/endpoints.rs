@@ -456,13 +456,15 @@ impl EndpointCache {
         }
     }
 
-    /// Whether any enabled tenant endpoint takes `event` (config endpoints answer even when
-    /// Redis does not; then API endpoints are assumed to exist, so no event is lost).
+    /// Whether any tenant endpoint takes `event`, enabled or not: a disabled endpoint's events
+    /// are recorded as failed deliveries, so that `replay --since` sends them once it is
+    /// enabled again. When Redis does not answer, endpoints are assumed to exist, so no event
+    /// is lost.
     pub async fn tenant_wants(&self, store: &Store, tenant: &str, event: EventType) -> bool {
         match self.get(store, tenant).await {
             Ok(list) => list
                 .iter()
-                .any(|e| e.kind != EndpointKind::JobUrl && e.disabled.is_none() && e.wants(event)),
+                .any(|e| e.kind != EndpointKind::JobUrl && e.wants(event)),
             Err(err) => {
                 tracing::warn!(%err, %tenant, "cannot read the endpoint registry; publishing the event");
                 true

@@ -592,3 +592,60 @@ async fn a_retry_waiting_in_a_delay_tier_survives_a_worker_crash() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[1]["attempt"], 2);
 }
+
+#[tokio::test]
+async fn an_endpoint_enabled_elsewhere_takes_a_replay_at_once_despite_a_cached_view() {
+    // Workers cache the endpoint registry for a minute here; the enable happens in the API.
+    let opts = EnvOptions {
+        webhooks_toml: "tiers_s = [1, 5]\nschedule_s = [0]\nendpoint_cache_ms = 60000\n".into(),
+        ..EnvOptions::default()
+    };
+    let mut env = TestEnv::with_options("wh-stale", opts).await;
+    let client = env.start_producer().await;
+    env.start_worker(&[]).await;
+    let receiver = TestReceiver::start(0).await;
+    let created = client
+        .create_endpoint(&receiver.hook_url(), None, None)
+        .await
+        .expect("create");
+    let ep = created["id"].as_str().expect("id").to_owned();
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    client
+        .endpoint_action(&ep, EndpointAction::Disable)
+        .await
+        .expect("disable");
+    let id = submit_id(&client, &sim_job(0, None)).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            client.get_raw(&id).await.expect("get")["webhook_status"] == "failed"
+        })
+        .await,
+        "logs:\n{}",
+        env.logs()
+    );
+    client
+        .endpoint_action(&ep, EndpointAction::Enable)
+        .await
+        .expect("enable");
+    let replayed = client
+        .replay_failed(since, Some(&ep))
+        .await
+        .expect("replay");
+    assert_eq!(replayed["replayed"], 1, "{replayed}");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            receiver
+                .delivered_ids()
+                .contains(&event_id(&id, EventType::Succeeded))
+        })
+        .await,
+        "the replay met the worker's stale view; logs:\n{}",
+        env.logs()
+    );
+    // An unknown endpoint is a 404, not an empty replay.
+    let err = client
+        .replay_failed(since, Some("ep_nope"))
+        .await
+        .expect_err("unknown endpoint");
+    assert!(err.to_string().contains("404"), "{err}");
+}

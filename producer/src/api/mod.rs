@@ -157,9 +157,11 @@ async fn metrics(
     )
 }
 
-fn model_name(name: &str) -> Result<&'static str, ApiError> {
+/// A catalogue model or a configured route, else a 404.
+fn model_name(st: &AppState, name: &str) -> Result<String, ApiError> {
     flotilla_shared::catalog::ModelName::parse(name)
-        .map(|m| m.as_str())
+        .map(|m| m.as_str().to_owned())
+        .or_else(|| st.config.routes.contains_key(name).then(|| name.to_owned()))
         .ok_or_else(|| ApiError::not_found(format!("no model {name:?}")))
 }
 
@@ -169,7 +171,8 @@ async fn drift(
     _tenant: AuthTenant,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<flotilla_shared::drift::DriftReport>, ApiError> {
-    let model = model_name(&name)?;
+    let model = model_name(&st, &name)?;
+    let model = model.as_str();
     let now_s = chrono::Utc::now().timestamp().max(0) as u64;
     let cfg = &st.config.drift;
     let report = flotilla_shared::store::with_retries(|| {
@@ -186,7 +189,8 @@ async fn drift_reset(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin::require_admin(&st, &tenant)?;
-    let model = model_name(&name)?;
+    let model = model_name(&st, &name)?;
+    let model = model.as_str();
     let deleted =
         flotilla_shared::store::with_retries(|| flotilla_shared::drift::reset(&st.store, model))
             .await?;

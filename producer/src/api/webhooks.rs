@@ -29,7 +29,7 @@ use flotilla_shared::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{jobs::parse_body, validate, ApiError, AppState, AuthTenant};
+use super::{jobs::parse_body, ApiError, AppState, AuthTenant};
 
 /// Body of `POST /v1/webhook-endpoints`.
 #[derive(Debug, Deserialize)]
@@ -80,8 +80,21 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateEndpoint = parse_body(body, &headers, BODY_LIMIT)?;
-    validate::webhook_url(&req.url, &st.config)?;
-    if req.events.as_ref().is_some_and(Vec::is_empty) {
+    if req.url.len() > 2048 {
+        return Err(ApiError::invalid("url: at most 2048 characters"));
+    }
+    flotilla_shared::webhook::check_url(&req.url, &st.config.webhooks)
+        .map_err(|why| ApiError::invalid(format!("url: {why}")))?;
+    let mut events = req.events;
+    if let Some(list) = &mut events {
+        let mut seen = Vec::new();
+        list.retain(|e| {
+            let new = !seen.contains(e);
+            seen.push(*e);
+            new
+        });
+    }
+    if events.as_ref().is_some_and(Vec::is_empty) {
         return Err(ApiError::invalid(
             "events: give at least one event type, or leave it out",
         ));
@@ -98,7 +111,7 @@ pub async fn create(
         id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
         kind: EndpointKind::Api,
         url: req.url,
-        events: req.events,
+        events,
         description: req.description,
         secrets: vec![StoredSecret {
             secret: secret.clone(),
@@ -253,6 +266,13 @@ pub async fn replay_failed(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: ReplayFailed = parse_body(body, &headers, BODY_LIMIT)?;
+    if let Some(e) = req
+        .endpoint
+        .as_deref()
+        .filter(|e| *e != endpoints::JOB_DESTINATION)
+    {
+        find(&st, &tenant, e).await?;
+    }
     let limit = req.limit.unwrap_or(10_000).clamp(1, 10_000);
     let since = req.since.timestamp_millis();
     let failed = with_retries(|| endpoints::failed_since(&st.store, &tenant, since, limit)).await?;

@@ -367,7 +367,14 @@ async fn deliver(
     dest: &str,
     abort: &CancellationToken,
 ) {
-    let endpoint = match resolve(ctx, msg, dest).await {
+    // A cached view may predate an enable, a create or a delete made elsewhere: before
+    // dropping or refusing an event, look again with a fresh read.
+    let mut resolved = resolve(ctx, msg, dest).await;
+    if matches!(&resolved, Ok(None)) || matches!(&resolved, Ok(Some(e)) if e.disabled.is_some()) {
+        ctx.events.endpoints().invalidate(&msg.tenant);
+        resolved = resolve(ctx, msg, dest).await;
+    }
+    let endpoint = match resolved {
         Ok(Some(e)) => e,
         Ok(None) => {
             tracing::info!(endpoint = dest, event_id = %msg.event_id, "endpoint no longer exists; event dropped");

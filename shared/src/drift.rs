@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -213,28 +212,8 @@ pub async fn report(
 /// # Errors
 /// [`crate::store::StoreError`] from Redis.
 pub async fn reset(store: &Store, model: &str) -> StoreResult<u64> {
-    let mut c = store.connection();
     let pattern = format!("{}:drift:{model}:*", store.names().namespace());
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut c)
-            .await?;
-        if !keys.is_empty() {
-            let n: u64 = c.del(&keys).await?;
-            deleted += n;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
+    store.delete_matching(&pattern).await
 }
 
 #[cfg(test)]

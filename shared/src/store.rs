@@ -816,6 +816,15 @@ impl Store {
     /// # Errors
     /// [`StoreError`] from Redis.
     pub async fn delete_namespace(&self) -> StoreResult<u64> {
+        self.delete_matching(&self.names.redis_pattern()).await
+    }
+
+    /// Deletes every key matching the glob `pattern` (`SCAN` + `DEL` in batches). Returns how
+    /// many were deleted.
+    ///
+    /// # Errors
+    /// [`StoreError`] from Redis.
+    pub async fn delete_matching(&self, pattern: &str) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         let mut cursor: u64 = 0;
         let mut deleted = 0;
@@ -823,7 +832,7 @@ impl Store {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(self.names.redis_pattern())
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(500)
                 .query_async(&mut c)

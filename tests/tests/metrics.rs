@@ -314,4 +314,21 @@ async fn drift_psi_crosses_the_threshold_when_the_input_mix_changes() {
         shifted["psi"]
     );
     assert!(env.logs().contains("drifted from the baseline"));
+
+    // An admin reset forgets both windows: the next outputs form a new baseline.
+    let addr = env.producer.as_ref().expect("producer").addr;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/models/sentiment/drift/reset"))
+        .bearer_auth(flotilla_tests::ALPHA_KEY)
+        .send()
+        .await
+        .expect("reset");
+    assert_eq!(resp.status(), 200);
+    let after = report().await;
+    assert_eq!(
+        (total(&after, "baseline"), total(&after, "recent")),
+        (0, 0),
+        "{after}"
+    );
+    assert_eq!(after["psi"], serde_json::Value::Null);
 }

@@ -220,15 +220,7 @@ async fn replay_event_entry(
             format!("job {job_id} has no record any more (expired)"),
         ));
     };
-    let publisher = st
-        .broker
-        .publisher()
-        .await
-        .map_err(|_| ApiError::unavailable("broker unavailable; try again"))?;
-    st.events
-        .publish(&publisher, &job, event, None)
-        .await
-        .map_err(|_| ApiError::unavailable("broker did not confirm the replay; try again"))?;
+    super::jobs::republish(st, &job, event).await?;
     with_retries(|| st.store.dlq_delete(&e.entry_id)).await?;
     tracing::info!(entry_id = %e.entry_id, %job_id, "dead-lettered event replayed");
     Ok((

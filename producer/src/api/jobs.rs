@@ -368,15 +368,7 @@ pub async fn replay_event(
             "neither the job's webhook nor a tenant endpoint takes its terminal event",
         ));
     }
-    let publisher = st
-        .broker
-        .publisher()
-        .await
-        .map_err(|_| ApiError::unavailable("broker unavailable; try again"))?;
-    st.events
-        .publish(&publisher, &stored, event, None)
-        .await
-        .map_err(|_| ApiError::unavailable("broker did not confirm the event; try again"))?;
+    republish(&st, &stored, event).await?;
     let event_id = flotilla_shared::job::event_id(&stored.job.id, event);
     tracing::info!(job_id = %stored.job.id, %event_id, "event replayed");
     Ok((
@@ -385,6 +377,27 @@ pub async fn replay_event(
             serde_json::json!({"job_id": stored.job.id, "event_id": event_id, "type": event.as_str()}),
         ),
     ))
+}
+
+/// Publishes `event` of `stored` again for every destination that takes it (same
+/// `webhook-id`): the replays of the jobs and admin APIs.
+///
+/// # Errors
+/// 503 when the broker is away or does not confirm.
+pub(crate) async fn republish(
+    st: &AppState,
+    stored: &StoredJob,
+    event: flotilla_shared::job::EventType,
+) -> Result<(), ApiError> {
+    let publisher = st
+        .broker
+        .publisher()
+        .await
+        .map_err(|_| ApiError::unavailable("broker unavailable; try again"))?;
+    st.events
+        .publish(&publisher, stored, event, None)
+        .await
+        .map_err(|_| ApiError::unavailable("broker did not confirm the event; try again"))
 }
 
 /// `GET /v1/jobs/{id}/deliveries`.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use flotilla_producer::cli::input::read_file;
 use flotilla_shared::job::{JobRequest, JobStatus};
 use flotilla_tests::{
     eventually, job, metric, scrape, submit_id, EnvOptions, TestEnv, TestReceiver,
@@ -185,19 +186,18 @@ async fn metrics_count_a_known_sequence_of_jobs_exactly() {
     );
 }
 
-/// The bundled UCI review sentences with their dataset labels (1 positive, 0 negative).
+/// The bundled UCI review sentences with their dataset labels (1 positive, 0 negative), read
+/// the way `flotilla run` reads them.
 fn reviews() -> Vec<(String, u8)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sentiment");
-    let mut rows = Vec::new();
-    for file in ["amazon_cells_labelled.txt", "yelp_labelled.txt"] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("bundled data");
-        for line in text.split('\n').filter(|l| !l.is_empty()) {
-            if let Some((s, l)) = line.rsplit_once('\t') {
-                rows.push((s.to_owned(), l.trim().parse().unwrap_or(0)));
-            }
-        }
-    }
-    rows
+    ["amazon_cells_labelled.txt", "yelp_labelled.txt"]
+        .iter()
+        .flat_map(|f| read_file(&dir.join(f), "text,label").expect("bundled data"))
+        .map(|r| {
+            let text = r.input["text"].as_str().unwrap_or_default().to_owned();
+            (text, u8::from(r.label.as_deref() == Some("1")))
+        })
+        .collect()
 }
 
 async fn run_all(client: &flotilla_producer::Client, texts: &[&String]) {

@@ -111,19 +111,21 @@ mod tests {
     use super::*;
     use crate::models::sentiment::Sentiment;
 
-    /// `(sentence, dataset label)` of the bundled UCI sentiment files.
+    /// `(sentence, dataset label)` of the bundled UCI sentiment files, read the way
+    /// `flotilla run` reads them.
     fn uci() -> Vec<(String, u8)> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sentiment");
-        let mut rows = Vec::new();
-        for file in ["amazon_cells_labelled.txt", "yelp_labelled.txt"] {
-            let text = std::fs::read_to_string(dir.join(file)).expect("bundled data");
-            for line in text.split('\n').filter(|l| !l.is_empty()) {
-                if let Some((s, l)) = line.rsplit_once('\t') {
-                    rows.push((s.to_owned(), l.trim().parse().unwrap_or(0)));
-                }
-            }
-        }
-        rows
+        ["amazon_cells_labelled.txt", "yelp_labelled.txt"]
+            .iter()
+            .flat_map(|f| {
+                flotilla_producer::cli::input::read_file(&dir.join(f), "text,label")
+                    .expect("bundled data")
+            })
+            .map(|r| {
+                let text = r.input["text"].as_str().unwrap_or_default().to_owned();
+                (text, u8::from(r.label.as_deref() == Some("1")))
+            })
+            .collect()
     }
 
     fn label_counts<'a>(

@@ -67,9 +67,12 @@ struct Args {
     /// Jobs per `sim` fleet run (1 and 2 workers, webhooks off and on).
     #[arg(long, default_value_t = 5000)]
     jobs: usize,
-    /// Client submissions in flight during the fleet runs.
-    #[arg(long, default_value_t = 64)]
+    /// Batch requests (`POST /v1/jobs/batch`) in flight during the throughput runs.
+    #[arg(long, default_value_t = 4)]
     submit_concurrency: usize,
+    /// Jobs per batch request during the throughput runs (1: one `POST /v1/jobs` per job).
+    #[arg(long, default_value_t = 100)]
+    submit_batch: usize,
     /// Requests of the HTTP submit measurement.
     #[arg(long, default_value_t = 5000)]
     http_jobs: usize,
@@ -116,6 +119,7 @@ impl Args {
             ("--ceiling-prefetch", usize::from(self.ceiling_prefetch)),
             ("--jobs", self.jobs),
             ("--submit-concurrency", self.submit_concurrency),
+            ("--submit-batch", self.submit_batch),
             ("--http-jobs", self.http_jobs),
             ("--http-concurrency", self.http_concurrency),
             ("--sentiment-texts", self.sentiment_texts),
@@ -190,6 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ceiling_prefetch: args.ceiling_prefetch,
         jobs: args.jobs,
         submit_concurrency: args.submit_concurrency,
+        submit_batch: args.submit_batch,
         http_jobs: args.http_jobs,
         http_concurrency: args.http_concurrency,
         latency_secs: args.latency_secs,
@@ -317,7 +322,7 @@ struct Sims<'a> {
     names: &'a flotilla_shared::names::Names,
     receiver: &'a Receiver,
     jobs: usize,
-    concurrency: usize,
+    mode: runs::SubmitMode,
     timeout: Duration,
 }
 
@@ -358,7 +363,7 @@ impl Sims<'_> {
                 self.names,
                 webhooks.then_some(self.receiver),
                 self.jobs,
-                self.concurrency,
+                self.mode,
                 self.timeout,
             ),
         )
@@ -370,6 +375,14 @@ impl Sims<'_> {
         };
         say(round, &what, figure);
         Ok(run)
+    }
+}
+
+/// How the throughput runs submit.
+fn submit_mode(args: &Args) -> runs::SubmitMode {
+    runs::SubmitMode {
+        in_flight: args.submit_concurrency,
+        batch: args.submit_batch,
     }
 }
 
@@ -467,7 +480,7 @@ async fn one_round(
         names: &names,
         receiver,
         jobs: args.jobs,
-        concurrency: args.submit_concurrency,
+        mode: submit_mode(args),
         timeout,
     };
     let now = roles(servers, Some(&producer), &workers);
@@ -500,14 +513,7 @@ async fn one_round(
         "sentiment_2w",
         &now,
         texts.len(),
-        runs::sentiment(
-            &client,
-            &redis,
-            &names,
-            texts,
-            args.submit_concurrency,
-            timeout,
-        ),
+        runs::sentiment(&client, &redis, &names, texts, submit_mode(args), timeout),
     )
     .await
     .context("sentiment")?;

@@ -118,7 +118,10 @@ fn metrics(c: &Config) -> Vec<Metric> {
         ),
         m(
             "sim_1w_off",
-            format!("Flotilla sim, 1 worker, webhooks off ({} jobs)", c.jobs),
+            format!(
+                "Flotilla sim, 1 worker, webhooks off ({} jobs; client batches of {}, {} in flight)",
+                c.jobs, c.submit_batch, c.submit_concurrency
+            ),
             "jobs/s",
             |r| Some(r.sim_1w_off.per_s),
             true,
@@ -288,8 +291,10 @@ pub struct Config {
     pub ceiling_prefetch: u16,
     /// Jobs per `sim` fleet run.
     pub jobs: usize,
-    /// Client submissions in flight.
+    /// Client requests in flight during the throughput runs.
     pub submit_concurrency: usize,
+    /// Jobs per client request during the throughput runs.
+    pub submit_batch: usize,
     /// HTTP measurement requests.
     pub http_jobs: usize,
     /// HTTP measurement concurrency.

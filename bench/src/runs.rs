@@ -1,6 +1,7 @@
 //! The Flotilla measurements: jobs submitted through the client library
-//! ([`flotilla_producer::Client`], i.e. `POST /v1/jobs` with the API key and an
-//! `Idempotency-Key`), completion read from the job records in Redis (`completed_at`, written
+//! ([`flotilla_producer::Client`]: `POST /v1/jobs/batch` for the throughput runs, `POST
+//! /v1/jobs` for the HTTP rate and the latency; every job with the API key and its own
+//! idempotency key), completion read from the job records in Redis (`completed_at`, written
 //! by the worker's finish script) and, with webhooks on, from the in-process receiver.
 
 use std::{
@@ -92,35 +93,57 @@ pub struct Submitted {
     pub latencies_ms: Vec<f64>,
 }
 
-/// Submits every request with at most `concurrency` in flight.
+/// How the client submits: `batch` jobs per request (`1`: `POST /v1/jobs` per job, else
+/// `POST /v1/jobs/batch`), `in_flight` requests at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SubmitMode {
+    /// Requests in flight at once.
+    pub in_flight: usize,
+    /// Jobs per request.
+    pub batch: usize,
+}
+
+/// Submits every request as `mode` says, each job with its own `Idempotency-Key`.
 ///
 /// # Errors
 /// The first submission that failed for good.
 pub async fn submit_all(
     client: &Client,
     reqs: Vec<JobRequest>,
-    concurrency: usize,
+    mode: SubmitMode,
     tag: &str,
 ) -> anyhow::Result<Submitted> {
     let prefix = key_prefix(tag);
     let first_at = Utc::now();
     let started = Instant::now();
-    let answers: Vec<(usize, Result<String, ClientError>, f64)> =
-        stream::iter(reqs.into_iter().enumerate())
-            .map(|(i, req)| {
-                let key = format!("{prefix}-{i}");
-                async move {
-                    let t = Instant::now();
-                    let r = submit_one(client, &req, &key).await;
-                    (i, r, t.elapsed().as_secs_f64() * 1000.0)
-                }
+    let keyed: Vec<(JobRequest, Option<String>)> = reqs
+        .into_iter()
+        .enumerate()
+        .map(|(i, req)| (req, Some(format!("{prefix}-{i}"))))
+        .collect();
+    let answers: Vec<(usize, Result<String, ClientError>, f64)> = if mode.batch <= 1 {
+        stream::iter(keyed.iter().enumerate())
+            .map(|(i, (req, key))| async move {
+                let t = Instant::now();
+                let r = submit_one(client, req, key.as_deref().unwrap_or_default()).await;
+                (i, r, t.elapsed().as_secs_f64() * 1000.0)
             })
-            .buffer_unordered(concurrency.max(1))
+            .buffer_unordered(mode.in_flight.max(1))
             .collect()
-            .await;
+            .await
+    } else {
+        // Per-job latency is not measured in batches (only the HTTP rate reports it).
+        client
+            .submit_many(&keyed, mode.batch, mode.in_flight)
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.map(|s| s.response.id), 0.0))
+            .collect()
+    };
     let elapsed = started.elapsed();
-    let mut ids = vec![String::new(); answers.len()];
-    let mut latencies_ms = Vec::with_capacity(answers.len());
+    let mut ids = vec![String::new(); keyed.len()];
+    let mut latencies_ms = Vec::with_capacity(keyed.len());
     for (i, r, ms) in answers {
         let id = r.with_context(|| format!("{tag}: submitting job {i}"))?;
         if let Some(slot) = ids.get_mut(i) {
@@ -255,12 +278,12 @@ pub async fn sim_throughput(
     names: &Names,
     receiver: Option<&Receiver>,
     jobs: usize,
-    concurrency: usize,
+    mode: SubmitMode,
     timeout: Duration,
 ) -> anyhow::Result<FleetRun> {
     let hook = receiver.map(Receiver::hook_url);
     let reqs = (0..jobs).map(|i| sim_job(i, hook.as_deref())).collect();
-    let sub = submit_all(client, reqs, concurrency, "sim").await?;
+    let sub = submit_all(client, reqs, mode, "sim").await?;
     let records = wait_terminal(redis, names, &sub.ids, timeout).await?;
     let last = records.iter().map(|r| r.completed_at).max();
     let seconds = secs_between(sub.first_at, last);
@@ -337,7 +360,11 @@ pub async fn http_submit(
     concurrency: usize,
 ) -> anyhow::Result<(HttpRun, Vec<String>)> {
     let reqs = (0..requests).map(|i| sim_job(i, None)).collect();
-    let mut sub = submit_all(client, reqs, concurrency, "http").await?;
+    let mode = SubmitMode {
+        in_flight: concurrency,
+        batch: 1,
+    };
+    let mut sub = submit_all(client, reqs, mode, "http").await?;
     sub.latencies_ms.sort_by(f64::total_cmp);
     let seconds = sub.elapsed.as_secs_f64().max(1e-9);
     Ok((
@@ -531,11 +558,11 @@ pub async fn sentiment(
     redis: &ConnectionManager,
     names: &Names,
     texts: &[Labelled],
-    concurrency: usize,
+    mode: SubmitMode,
     timeout: Duration,
 ) -> anyhow::Result<SentimentRun> {
     let reqs = texts.iter().map(|t| sentiment_job(&t.text)).collect();
-    let sub = submit_all(client, reqs, concurrency, "sentiment").await?;
+    let sub = submit_all(client, reqs, mode, "sentiment").await?;
     let records = wait_terminal(redis, names, &sub.ids, timeout).await?;
     let last = records.iter().map(|r| r.completed_at).max();
     let seconds = secs_between(sub.first_at, last);

@@ -62,6 +62,27 @@ impl ClientError {
         }
     }
 
+    /// The same error, once per job of a refused batch ([`ClientError::Api`] keeps the
+    /// status and type; a transport error becomes its message).
+    fn for_each_job(&self) -> Self {
+        match self {
+            Self::Api {
+                status,
+                kind,
+                message,
+            } => Self::Api {
+                status: *status,
+                kind: kind.clone(),
+                message: message.clone(),
+            },
+            other => Self::Api {
+                status: other.status().unwrap_or(StatusCode::BAD_GATEWAY),
+                kind: "transport".into(),
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// Whether retrying the same call may succeed (transport errors, 429, 5xx).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -121,6 +142,52 @@ pub struct Submitted {
     pub response: SubmitResponse,
     /// `true` for a new job (202), `false` when an `Idempotency-Key` matched an existing one (200).
     pub created: bool,
+}
+
+/// The body of a `POST /v1/jobs/batch` answer.
+#[derive(serde::Deserialize)]
+struct BatchAnswer {
+    jobs: Vec<BatchEntry>,
+}
+
+/// One job's entry: `code` plus either the submit answer or `error`.
+#[derive(serde::Deserialize)]
+struct BatchEntry {
+    code: u16,
+    #[serde(default)]
+    error: Option<BatchError>,
+    #[serde(flatten)]
+    rest: Value,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchError {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+}
+
+impl BatchEntry {
+    fn into_result(self) -> Result<Submitted, ClientError> {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::BAD_GATEWAY);
+        if let Some(e) = self.error {
+            return Err(ClientError::Api {
+                status,
+                kind: e.kind,
+                message: e.message,
+            });
+        }
+        let response: SubmitResponse =
+            serde_json::from_value(self.rest).map_err(|e| ClientError::Api {
+                status: StatusCode::BAD_GATEWAY,
+                kind: "not_flotilla".into(),
+                message: format!("unexpected batch entry: {e}"),
+            })?;
+        Ok(Submitted {
+            response,
+            created: status == StatusCode::ACCEPTED,
+        })
+    }
 }
 
 /// A client of one Flotilla API with one API key. Cheap to clone.
@@ -214,6 +281,125 @@ impl Client {
             response: resp.json().await?,
             created,
         })
+    }
+
+    /// `POST /v1/jobs/batch`: every `(request, idempotency key)` of `jobs` in one request
+    /// (at most the API's `jobs.max_batch_jobs`, default 1000). The answer holds one entry per
+    /// job, in order: the submit answer, or that job's own API error (a `422` for a bad job,
+    /// a `503` when its publish failed; the others are still accepted).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] when the batch as a whole was refused (empty, too many jobs, too
+    /// large, bad key), or a transport error; then no job of it was accepted unless the
+    /// transport failed after the API answered (resubmit with the same keys to be sure).
+    pub async fn submit_batch(
+        &self,
+        jobs: &[(JobRequest, Option<String>)],
+    ) -> Result<Vec<Result<Submitted, ClientError>>, ClientError> {
+        let items: Vec<Value> = jobs
+            .iter()
+            .map(|(req, key)| {
+                let mut v = serde_json::to_value(req).unwrap_or(Value::Null);
+                if let (Some(o), Some(k)) = (v.as_object_mut(), key) {
+                    o.insert("idempotency_key".into(), Value::String(k.clone()));
+                }
+                v
+            })
+            .collect();
+        let call = self
+            .http
+            .post(format!("{}/v1/jobs/batch", self.base))
+            .bearer_auth(&self.api_key)
+            .json(&serde_json::json!({ "jobs": items }));
+        let resp = Self::check(call.send().await?).await?;
+        let body: BatchAnswer = resp.json().await?;
+        if body.jobs.len() != jobs.len() {
+            return Err(ClientError::Api {
+                status: StatusCode::BAD_GATEWAY,
+                kind: "not_flotilla".into(),
+                message: format!(
+                    "batch answer has {} entries for {} jobs",
+                    body.jobs.len(),
+                    jobs.len()
+                ),
+            });
+        }
+        Ok(body.jobs.into_iter().map(BatchEntry::into_result).collect())
+    }
+
+    /// Submits every job of `jobs` in batches of `batch` (`POST /v1/jobs/batch`), `in_flight`
+    /// requests at once. A transient failure, of a whole request or of one job (`429`, `5xx`,
+    /// transport), is retried up to 5 times with jittered exponential backoff, which is safe
+    /// when every job carries an idempotency key. Returns one result per job, in order.
+    pub async fn submit_many(
+        &self,
+        jobs: &[(JobRequest, Option<String>)],
+        batch: usize,
+        in_flight: usize,
+    ) -> Vec<Result<Submitted, ClientError>> {
+        use futures_util::{stream, StreamExt as _};
+        let per_chunk: Vec<Vec<Result<Submitted, ClientError>>> =
+            stream::iter(jobs.chunks(batch.max(1)))
+                .map(|chunk| self.submit_chunk(chunk))
+                .buffered(in_flight.max(1))
+                .collect()
+                .await;
+        per_chunk.into_iter().flatten().collect()
+    }
+
+    async fn submit_chunk(
+        &self,
+        chunk: &[(JobRequest, Option<String>)],
+    ) -> Vec<Result<Submitted, ClientError>> {
+        const TRIES: usize = 6;
+        let mut delays = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(TRIES)
+                .with_jitter(),
+        );
+        let mut out: Vec<Option<Result<Submitted, ClientError>>> =
+            chunk.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..chunk.len()).collect();
+        for attempt in 1..=TRIES {
+            let last = attempt == TRIES;
+            let sub: Vec<(JobRequest, Option<String>)> =
+                todo.iter().map(|&i| chunk[i].clone()).collect();
+            match self.submit_batch(&sub).await {
+                Ok(answers) => {
+                    let mut again = Vec::new();
+                    for (&i, answer) in todo.iter().zip(answers) {
+                        match answer {
+                            Err(e) if e.is_transient() && !last => again.push(i),
+                            other => out[i] = Some(other),
+                        }
+                    }
+                    todo = again;
+                }
+                Err(e) if e.is_transient() && !last => {}
+                Err(e) => {
+                    for &i in &todo {
+                        out[i] = Some(Err(e.for_each_job()));
+                    }
+                    todo.clear();
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(ClientError::Api {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        kind: "unavailable".into(),
+                        message: "no answer after retries".into(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// `GET /v1/jobs/{id}`.

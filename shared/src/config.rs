@@ -96,6 +96,10 @@ pub struct FileConfig {
 pub struct JobsConfig {
     /// Largest accepted `POST /v1/jobs` body, bytes (default 1 MiB).
     pub max_body_bytes: usize,
+    /// Most jobs in one `POST /v1/jobs/batch` (default 1000).
+    pub max_batch_jobs: usize,
+    /// Largest accepted `POST /v1/jobs/batch` body, bytes (default 16 MiB).
+    pub max_batch_body_bytes: usize,
     /// How long job records and results stay in Redis after the last change, seconds
     /// (default 7 days).
     pub result_ttl_s: u64,
@@ -189,6 +193,8 @@ impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_batch_jobs: 1000,
+            max_batch_body_bytes: 16 * 1024 * 1024,
             result_ttl_s: 7 * 24 * 3600,
             idempotency_ttl_s: 24 * 3600,
             default_timeout_s: 300,
@@ -480,6 +486,12 @@ impl FileConfig {
         }
         if j.max_body_bytes < 1024 {
             return bad("jobs.max_body_bytes: at least 1024");
+        }
+        if j.max_batch_jobs == 0 {
+            return bad("jobs.max_batch_jobs: at least 1");
+        }
+        if j.max_batch_body_bytes < j.max_body_bytes {
+            return bad("jobs.max_batch_body_bytes: at least jobs.max_body_bytes");
         }
         if j.retry_factor < 1.0 || !j.retry_factor.is_finite() {
             return bad("jobs.retry_factor: a number >= 1");

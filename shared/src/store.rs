@@ -234,6 +234,23 @@ pub struct StoredJob {
     pub traceparent: Option<String>,
 }
 
+/// A job to create: its envelope, the exact message body that will carry it, and what the
+/// submission adds.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    /// The envelope.
+    pub envelope: &'a Envelope,
+    /// The serialized envelope as published; its SHA-256 goes into the record
+    /// (`envelope_sha256`) so a claim can vouch for the message.
+    pub message: &'a [u8],
+    /// Hex SHA-256 of the canonical request body (idempotency conflicts).
+    pub body_hash: &'a str,
+    /// The caller's `Idempotency-Key`.
+    pub idempotency_key: Option<&'a str>,
+    /// W3C `traceparent` of the submitting request.
+    pub traceparent: Option<&'a str>,
+}
+
 struct Scripts {
     claim: Script,
     finish: Script,
@@ -286,8 +303,63 @@ impl StoredJob {
         s
     }
 
+    /// The record `claim.lua` leaves for a job created from `env` and claimed by `owner`:
+    /// `running`, `attempts`, `started_at`, and the record's own `traceparent` and
+    /// `webhook_status`. Only for an envelope whose body hash matches the record's.
+    pub fn claimed_from(
+        env: &Envelope,
+        owner: &str,
+        attempts: u32,
+        started_at: DateTime<Utc>,
+        traceparent: Option<String>,
+        webhook_status: Option<WebhookStatus>,
+    ) -> Self {
+        let obj = |v: &Value| {
+            if v.is_null() {
+                Value::Object(serde_json::Map::new())
+            } else {
+                v.clone()
+            }
+        };
+        Self {
+            job: Job {
+                id: env.id.clone(),
+                model: env.model.clone(),
+                status: JobStatus::Running,
+                input: env.input.clone(),
+                params: obj(&env.params),
+                output: None,
+                error: None,
+                attempts,
+                usage: Value::Object(serde_json::Map::new()),
+                metadata: obj(&env.metadata),
+                created_at: env.created_at,
+                started_at: Some(started_at),
+                completed_at: None,
+                timings: Timings::default(),
+                webhook_status,
+                trace_id: traceparent
+                    .as_deref()
+                    .and_then(crate::trace::TraceParent::parse)
+                    .map(|t| t.trace_id_hex()),
+                served_by: None,
+                cache_hit: None,
+                route_path: None,
+            },
+            tenant: env.tenant.clone(),
+            webhook: env.webhook.clone(),
+            event_published: false,
+            submitting: false,
+            lease_owner: Some(owner.to_owned()),
+            deadline: env.deadline,
+            timeout_s: env.timeout_s,
+            traceparent,
+        }
+    }
+
     /// The job as a worker runs it: everything from the record, none from the message (a
-    /// message only names the job; its own copy of the input is not trusted).
+    /// message only names the job; its own copy of the input is not trusted unless its hash
+    /// is the record's, see [`Store::claim`]).
     pub fn to_envelope(&self) -> Envelope {
         Envelope {
             v: crate::job::ENVELOPE_VERSION,
@@ -358,74 +430,103 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a new `queued` record held by the producer until [`Self::commit_submission`]
-    /// or [`Self::discard_submission`] (it expires after [`SUBMITTING_TTL`] otherwise).
+    /// Writes new `queued` records, each held by the producer until
+    /// [`Self::commit_submissions`] or [`Self::discard_submission`] (it expires after
+    /// [`SUBMITTING_TTL`] otherwise), and reserves their idempotency keys (`SET NX`, after the
+    /// record, so a concurrent duplicate that reads a key always finds its record): one
+    /// pipeline for the whole batch.
+    ///
+    /// Returns, per job in order, `None` without a key, `Some(true)` when the key now names
+    /// the job, `Some(false)` when the key was already taken (settle it with
+    /// [`Self::reserve_idempotency`], which says by whom).
     ///
     /// # Errors
-    /// [`StoreError`] from Redis.
-    pub async fn create(
-        &self,
-        env: &Envelope,
-        body_hash: &str,
-        idempotency_key: Option<&str>,
-        traceparent: Option<&str>,
-    ) -> StoreResult<()> {
-        let key = self.names.job_key(&env.id);
-        let mut fields: Vec<(&str, String)> = vec![
-            ("id", env.id.clone()),
-            ("tenant", env.tenant.clone()),
-            ("model", env.model.clone()),
-            ("status", JobStatus::Queued.as_str().into()),
-            ("input", env.input.to_string()),
-            ("params", env.params.to_string()),
-            ("metadata", env.metadata.to_string()),
-            ("created_at", rfc3339(env.created_at)),
-            ("attempts", "0".into()),
-            ("submitting", "1".into()),
-            ("body_hash", body_hash.into()),
-        ];
-        if let Some(w) = &env.webhook {
-            fields.push(("webhook", serde_json::to_string(w).unwrap_or_default()));
-        }
-        if let Some(d) = env.deadline {
-            fields.push(("deadline", rfc3339(d)));
-            fields.push(("deadline_ms", d.timestamp_millis().to_string()));
-        }
-        if let Some(t) = env.timeout_s {
-            fields.push(("timeout_s", t.to_string()));
-        }
-        if let Some(k) = idempotency_key {
-            fields.push(("idempotency_key", k.into()));
-        }
-        if let Some(tp) = traceparent {
-            fields.push(("traceparent", tp.into()));
+    /// [`StoreError`] from Redis. Retrying is safe: the records are rewritten and a key this
+    /// batch took reads as taken by the same job id.
+    pub async fn create_many(&self, jobs: &[NewJob<'_>]) -> StoreResult<Vec<Option<bool>>> {
+        let mut pipe = redis::pipe();
+        let mut keyed = 0usize;
+        for job in jobs {
+            let env = job.envelope;
+            let key = self.names.job_key(&env.id);
+            let mut fields: Vec<(&str, String)> = vec![
+                ("id", env.id.clone()),
+                ("tenant", env.tenant.clone()),
+                ("model", env.model.clone()),
+                ("status", JobStatus::Queued.as_str().into()),
+                ("input", env.input.to_string()),
+                ("params", env.params.to_string()),
+                ("metadata", env.metadata.to_string()),
+                ("created_at", rfc3339(env.created_at)),
+                ("attempts", "0".into()),
+                ("submitting", "1".into()),
+                ("body_hash", job.body_hash.into()),
+                ("envelope_sha256", crate::sha256_hex(job.message)),
+            ];
+            if let Some(w) = &env.webhook {
+                fields.push(("webhook", serde_json::to_string(w).unwrap_or_default()));
+            }
+            if let Some(d) = env.deadline {
+                fields.push(("deadline", rfc3339(d)));
+                fields.push(("deadline_ms", d.timestamp_millis().to_string()));
+            }
+            if let Some(t) = env.timeout_s {
+                fields.push(("timeout_s", t.to_string()));
+            }
+            if let Some(k) = job.idempotency_key {
+                fields.push(("idempotency_key", k.into()));
+            }
+            if let Some(tp) = job.traceparent {
+                fields.push(("traceparent", tp.into()));
+            }
+            pipe.hset_multiple(&key, &fields)
+                .ignore()
+                .pexpire(&key, SUBMITTING_TTL.as_millis() as i64)
+                .ignore();
+            if let Some(k) = job.idempotency_key {
+                pipe.cmd("SET")
+                    .arg(self.names.idempotency_key(&env.tenant, k))
+                    .arg(format!("{} {}", env.id, job.body_hash))
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.ttls.idempotency.as_millis() as u64);
+                keyed += 1;
+            }
         }
         let mut c = self.conn.clone();
-        let _: () = redis::pipe()
-            .atomic()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .pexpire(&key, SUBMITTING_TTL.as_millis() as i64)
-            .ignore()
-            .query_async(&mut c)
-            .await?;
-        Ok(())
+        let replies: Vec<Option<String>> = if keyed == 0 {
+            let _: () = pipe.query_async(&mut c).await?;
+            Vec::new()
+        } else {
+            pipe.query_async(&mut c).await?
+        };
+        let mut replies = replies.into_iter();
+        Ok(jobs
+            .iter()
+            .map(|job| {
+                job.idempotency_key
+                    .map(|_| replies.next().flatten().is_some())
+            })
+            .collect())
     }
 
-    /// Publish confirmed: the record becomes an ordinary one with the result TTL.
+    /// Publish confirmed: the records become ordinary ones with the result TTL (one pipeline).
+    /// A record a worker already claimed is unchanged but for its TTL, which the claim set to
+    /// the same value.
     ///
     /// # Errors
     /// [`StoreError`] from Redis.
-    pub async fn commit_submission(&self, id: &str) -> StoreResult<()> {
+    pub async fn commit_submissions(&self, ids: &[&str]) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            let key = self.names.job_key(id);
+            pipe.hdel(&key, "submitting")
+                .ignore()
+                .pexpire(&key, self.ttls.result.as_millis() as i64)
+                .ignore();
+        }
         let mut c = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .submission
-            .key(self.names.job_key(id))
-            .arg("commit")
-            .arg(self.ttls.result.as_millis() as u64)
-            .invoke_async(&mut c)
-            .await?;
+        let _: () = pipe.query_async(&mut c).await?;
         Ok(())
     }
 
@@ -439,8 +540,6 @@ impl Store {
             .scripts
             .submission
             .key(self.names.job_key(id))
-            .arg("discard")
-            .arg(0)
             .invoke_async(&mut c)
             .await?;
         Ok(())
@@ -517,6 +616,12 @@ impl Store {
 
     /// Claims a job for one attempt (see `lua/claim.lua`).
     ///
+    /// `message` is the delivered envelope with the hex SHA-256 of the message body. When that
+    /// hash is the record's `envelope_sha256` (the record was created from exactly this body),
+    /// the claimed record is built from the envelope and the few fields the script returns;
+    /// otherwise (no hash, an older record, a message that differs) the script returns the
+    /// whole record and the job runs as the record says.
+    ///
     /// # Errors
     /// [`StoreError`] from Redis.
     pub async fn claim(
@@ -525,6 +630,7 @@ impl Store {
         owner: &str,
         lease: Duration,
         max_attempts: u32,
+        message: Option<(&Envelope, &str)>,
     ) -> StoreResult<Claim> {
         let now = Utc::now();
         let mut c = self.conn.clone();
@@ -540,6 +646,7 @@ impl Store {
             .arg(rfc3339(now))
             .arg(canceled_error())
             .arg(expired_error())
+            .arg(message.map(|(_, sha)| sha).unwrap_or_default())
             .invoke_async(&mut c)
             .await?;
         let num = |i: usize| {
@@ -570,7 +677,25 @@ impl Store {
             Some("claimed") => Claim::Claimed {
                 attempts: num(1) as u32,
                 first_start: num(2) == 1,
-                job: Box::new(record_from_pairs(&self.names.job_key(id), &reply[3..])?),
+                job: Box::new(match (reply.get(3).map(String::as_str), message) {
+                    (Some("="), Some((env, _))) => {
+                        let field = |i: usize| reply.get(i).filter(|s| !s.is_empty());
+                        let started_at = field(4)
+                            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                            .map(|t| t.with_timezone(&Utc))
+                            .ok_or_else(corrupt)?;
+                        StoredJob::claimed_from(
+                            env,
+                            owner,
+                            num(1) as u32,
+                            started_at,
+                            field(5).cloned(),
+                            field(6).and_then(|s| WebhookStatus::parse(s)),
+                        )
+                    }
+                    (Some("="), None) => return Err(corrupt()),
+                    _ => record_from_pairs(&self.names.job_key(id), &reply[3..])?,
+                }),
             },
             _ => return Err(corrupt()),
         })

@@ -66,8 +66,14 @@ async fn process(
     let policy = ctx.config.jobs.retry_policy(&env.model);
     let max_attempts = policy.max_attempts;
     let claimed_at = Utc::now();
+    // The record vouches for the message by its hash: then the claim sends no record back.
+    let message_sha = flotilla_shared::sha256_hex(&delivery.data);
+    let message = Some((env, message_sha.as_str()));
     let claim = match ctx
-        .retry_store(|| ctx.store.claim(&env.id, &owner, lease, max_attempts))
+        .retry_store(|| {
+            ctx.store
+                .claim(&env.id, &owner, lease, max_attempts, message)
+        })
         .await
     {
         Ok(c) => c,
@@ -168,7 +174,7 @@ async fn process(
         span.record("trace_id", tracing::field::display(tp.trace_id_hex()));
         tp.attach(&span);
     }
-    // Run what the record says, not what the message carries.
+    // Run what the record says (built from the message only when the record vouched for it).
     let env = &stored.to_envelope();
     if first_start {
         let wait = (claimed_at - env.created_at).num_milliseconds().max(0) as f64 / 1000.0;

@@ -1,4 +1,4 @@
-//! `POST /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/deliveries`.
+//! `POST /v1/jobs`, `POST /v1/jobs/batch`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/deliveries`.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::{
     http::{header, HeaderMap, StatusCode},
     Json,
 };
-use chrono::Utc;
+use chrono::{SubsecRound as _, Utc};
 use flotilla_shared::{
     amqp::{headers, json_properties},
     job::{
@@ -16,7 +16,7 @@ use flotilla_shared::{
         ENVELOPE_VERSION,
     },
     names::HEADER_ATTEMPT,
-    store::{with_retries, Cancel, IdempotencyClaim, StoredJob},
+    store::{with_retries, Cancel, IdempotencyClaim, NewJob, StoredJob},
 };
 use serde_json::Value;
 
@@ -99,17 +99,28 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let (span, outgoing) = submit_span(&headers, false);
+    submit(st, tenant, headers, body, outgoing)
+        .instrument(span)
+        .await
+}
+
+/// The span of a submit request, in the caller's trace (a valid `traceparent` header) or a
+/// new one, and the `traceparent` its jobs carry.
+fn submit_span(headers: &HeaderMap, batch: bool) -> (tracing::Span, TraceParent) {
     let incoming = headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
         .unwrap_or_else(TraceParent::new_root);
-    let span = tracing::info_span!("submit", trace_id = %incoming.trace_id_hex());
+    let span = if batch {
+        tracing::info_span!("submit_batch", trace_id = %incoming.trace_id_hex())
+    } else {
+        tracing::info_span!("submit", trace_id = %incoming.trace_id_hex())
+    };
     incoming.attach(&span);
     let outgoing = incoming.outgoing(&span);
-    submit(st, tenant, headers, body, outgoing)
-        .instrument(span)
-        .await
+    (span, outgoing)
 }
 
 async fn submit(
@@ -119,31 +130,200 @@ async fn submit(
     body: Result<Bytes, BytesRejection>,
     trace: TraceParent,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
-    let traceparent = trace.to_string();
     let req: JobRequest = parse_body(body, &headers, st.config.jobs.max_body_bytes)?;
-    let has_secret = st
-        .tenants
-        .get(&tenant)
-        .is_some_and(|t| t.webhook_secret.is_some());
-    validate::request(&req, &st.config, has_secret)?;
     let idem_key = match headers.get(IDEMPOTENCY_HEADER) {
-        Some(v) => {
-            let v = v.to_str().map_err(|_| {
-                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key: not ASCII")
-            })?;
-            validate::idempotency_key(v)?;
-            Some(v.to_owned())
-        }
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key: not ASCII")
+                })?
+                .to_owned(),
+        ),
         None => None,
     };
+    let item = prepare(&st, &tenant, req, idem_key)?;
+    let mut answers = enqueue(&st, &tenant, vec![item], &trace.to_string()).await;
+    match answers.pop() {
+        Some(Ok((code, resp))) => Ok((code, Json(resp))),
+        Some(Err(e)) => Err(e),
+        None => Err(ApiError::internal(&"no answer for the submitted job")),
+    }
+}
+
+/// `POST /v1/jobs/batch`: up to `jobs.max_batch_jobs` jobs in one request,
+/// `{"jobs": [{...job..., "idempotency_key"?: "..."}, ...]}`. Each job is validated,
+/// stored and published on its own; the whole batch shares one Redis pipeline for the
+/// records and keys, publisher confirms in flight together, and one pipeline to commit.
+///
+/// Answers `200 {"jobs": [...]}` in request order, each entry either the submit answer plus
+/// `"code": 202` (new job) or `200` (an `idempotency_key` matched an existing job), or
+/// `{"code": 4xx|503, "error": {type, message}}` for that job alone. A body that is not such
+/// an object, an empty list or more than the limit is a `400`/`413`/`422` for the batch.
+pub async fn create_batch(
+    State(st): State<Arc<AppState>>,
+    AuthTenant(tenant): AuthTenant,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (span, outgoing) = submit_span(&headers, true);
+    submit_batch(st, tenant, headers, body, outgoing)
+        .instrument(span)
+        .await
+}
+
+async fn submit_batch(
+    st: Arc<AppState>,
+    tenant: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    trace: TraceParent,
+) -> Result<Json<Value>, ApiError> {
+    let limit = st.config.jobs.max_batch_body_bytes;
+    let mut doc: Value = parse_body(body, &headers, limit)?;
+    let max = st.config.jobs.max_batch_jobs;
+    if !doc.get("jobs").is_some_and(Value::is_array) {
+        return Err(ApiError::invalid(
+            "jobs: expected {\"jobs\": [job, ...]}, a list of job requests",
+        ));
+    }
+    if let Some(extra) = doc_keys_besides_jobs(&doc) {
+        return Err(ApiError::invalid(format!(
+            "{extra}: unknown field; a batch is {{\"jobs\": [...]}}"
+        )));
+    }
+    let list = match doc.get_mut("jobs").map(Value::take) {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid("jobs: empty list"));
+    }
+    if list.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "jobs: {} jobs, more than jobs.max_batch_jobs = {max}",
+                list.len()
+            ),
+        ));
+    }
+    // Parse and validate each job; a bad one is answered alone.
+    let mut answers: Vec<Option<Result<(StatusCode, SubmitResponse), ApiError>>> =
+        Vec::with_capacity(list.len());
+    let mut ready = Vec::new();
+    let mut slots = Vec::new();
+    for (i, item) in list.into_iter().enumerate() {
+        match batch_item(&st, &tenant, i, item) {
+            Ok(p) => {
+                slots.push(i);
+                ready.push(p);
+                answers.push(None);
+            }
+            Err(e) => answers.push(Some(Err(e))),
+        }
+    }
+    let done = enqueue(&st, &tenant, ready, &trace.to_string()).await;
+    for (i, answer) in slots.into_iter().zip(done) {
+        answers[i] = Some(answer);
+    }
+    let jobs: Vec<Value> = answers
+        .into_iter()
+        .map(|a| match a {
+            Some(Ok((code, resp))) => {
+                let mut v = serde_json::to_value(resp).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("code".into(), Value::from(code.as_u16()));
+                }
+                v
+            }
+            Some(Err(e)) => serde_json::json!({
+                "code": e.status.as_u16(),
+                "error": {"type": e.kind, "message": e.message},
+            }),
+            None => serde_json::json!({
+                "code": 500,
+                "error": {"type": "internal", "message": "no answer for this job"},
+            }),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "jobs": jobs })))
+}
+
+/// The first top-level key of a batch body other than `jobs`.
+fn doc_keys_besides_jobs(doc: &Value) -> Option<String> {
+    doc.as_object()?.keys().find(|k| *k != "jobs").cloned()
+}
+
+/// One job of a batch: its request (errors name `jobs[i].field`) and optional
+/// `idempotency_key`.
+fn batch_item(
+    st: &AppState,
+    tenant: &str,
+    i: usize,
+    mut item: Value,
+) -> Result<Prepared, ApiError> {
+    let Some(obj) = item.as_object_mut() else {
+        return Err(ApiError::invalid(format!(
+            "jobs[{i}]: expected a JSON object"
+        )));
+    };
+    let idem_key = match obj.remove("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k),
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "jobs[{i}].idempotency_key: expected a string"
+            )))
+        }
+    };
+    let req: JobRequest = serde_path_to_error::deserialize(item).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::invalid(format!("jobs[{i}]: {inner}"))
+        } else {
+            ApiError::invalid(format!("jobs[{i}].{path}: {inner}"))
+        }
+    })?;
+    prepare(st, tenant, req, idem_key).map_err(|mut e| {
+        e.message = format!("jobs[{i}]: {}", e.message);
+        e
+    })
+}
+
+/// A validated job: its envelope, the message body that carries it, and what the
+/// submission adds.
+struct Prepared {
+    env: Envelope,
+    message: Vec<u8>,
+    body_hash: String,
+    idem_key: Option<String>,
+}
+
+/// Validates `req` (and its idempotency key) and builds the envelope and its message body
+/// (serialized once: the record stores its hash, the broker gets the bytes).
+fn prepare(
+    st: &AppState,
+    tenant: &str,
+    req: JobRequest,
+    idem_key: Option<String>,
+) -> Result<Prepared, ApiError> {
+    let has_secret = st
+        .tenants
+        .get(tenant)
+        .is_some_and(|t| t.webhook_secret.is_some());
+    validate::request(&req, &st.config, has_secret)?;
+    if let Some(k) = &idem_key {
+        validate::idempotency_key(k)?;
+    }
     let canonical =
         canonical_json(&serde_json::to_value(&req).map_err(|e| ApiError::internal(&e))?);
     let body_hash = flotilla_shared::sha256_hex(canonical.as_bytes());
-
     let env = Envelope {
         v: ENVELOPE_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
-        tenant: tenant.clone(),
+        tenant: tenant.to_owned(),
         model: req.model,
         input: req.input,
         params: req
@@ -153,113 +333,190 @@ async fn submit(
         metadata: req
             .metadata
             .unwrap_or_else(|| Value::Object(Default::default())),
-        created_at: Utc::now(),
-        deadline: req.deadline,
+        // Milliseconds, as the record keeps them: the message and the record say the same.
+        created_at: Utc::now().trunc_subsecs(3),
+        deadline: req.deadline.map(|d| d.trunc_subsecs(3)),
         timeout_s: req.timeout_s,
     };
-
-    // The record exists before the idempotency key points at it, so a concurrent duplicate
-    // that reads the key always finds the record.
-    with_retries(|| {
-        st.store
-            .create(&env, &body_hash, idem_key.as_deref(), Some(&traceparent))
+    let message = serde_json::to_vec(&env).map_err(|e| ApiError::internal(&e))?;
+    Ok(Prepared {
+        env,
+        message,
+        body_hash,
+        idem_key,
     })
-    .await?;
+}
 
-    if let Some(key) = &idem_key {
-        // Loops only when the key vanished between SET NX and GET (expiry, a failed winner).
-        for _ in 0..5 {
-            match with_retries(|| {
-                st.store
-                    .reserve_idempotency(&tenant, key, &env.id, &body_hash)
-            })
-            .await
-            {
-                Ok(IdempotencyClaim::Reserved) => break,
-                Ok(IdempotencyClaim::Vanished) => continue,
-                // Our own reservation, its reply lost and the SET retried.
-                Ok(IdempotencyClaim::Existing { job_id, .. }) if job_id == env.id => break,
-                Ok(IdempotencyClaim::Existing {
-                    job_id,
-                    body_hash: existing_hash,
-                }) => {
-                    with_retries(|| st.store.discard_submission(&env.id)).await?;
-                    if existing_hash != body_hash {
-                        return Err(ApiError::new(
-                            StatusCode::CONFLICT,
-                            "idempotency_conflict",
-                            "Idempotency-Key was already used with a different request body",
-                        ));
-                    }
-                    let existing =
-                        with_retries(|| st.store.get(&job_id))
-                            .await?
-                            .ok_or_else(|| {
-                                ApiError::new(
-                            StatusCode::CONFLICT,
-                            "idempotency_conflict",
-                            "the job of this Idempotency-Key failed to enqueue; retry shortly",
-                        )
-                            })?;
-                    return Ok((
-                        StatusCode::OK,
-                        Json(submit_response(
-                            &job_id,
-                            existing.job.status,
-                            existing.job.created_at,
-                        )),
-                    ));
+type Answer = Result<(StatusCode, SubmitResponse), ApiError>;
+
+/// Stores, reserves keys for, publishes and commits `items`, answering each in order:
+/// `202` for a new job, `200` for an idempotency key that names an existing one, or the
+/// job's error. Nothing is accepted that is not durable on the broker: a job whose publish
+/// failed is discarded and its key released.
+async fn enqueue(
+    st: &AppState,
+    tenant: &str,
+    items: Vec<Prepared>,
+    traceparent: &str,
+) -> Vec<Answer> {
+    let new_jobs: Vec<NewJob<'_>> = items
+        .iter()
+        .map(|p| NewJob {
+            envelope: &p.env,
+            message: &p.message,
+            body_hash: &p.body_hash,
+            idempotency_key: p.idem_key.as_deref(),
+            traceparent: Some(traceparent),
+        })
+        .collect();
+    let reserved = match with_retries(|| st.store.create_many(&new_jobs)).await {
+        Ok(r) => r,
+        Err(e) => {
+            let e = ApiError::from(e);
+            return items.iter().map(|_| Err(e.clone())).collect();
+        }
+    };
+    let mut answers: Vec<Option<Answer>> = Vec::with_capacity(items.len());
+    for (item, reserved) in items.iter().zip(reserved) {
+        answers.push(match (reserved, &item.idem_key) {
+            (Some(false), Some(key)) => settle_key(st, tenant, key, item).await.err(),
+            _ => None,
+        });
+    }
+    // Publish every job still open, with all their confirms in flight together.
+    let open: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
+    let published: Vec<Result<(), String>> = match st.broker.publisher().await {
+        Ok(publisher) => futures_util::future::join_all(
+            open.iter()
+                .map(|&i| publish(st, &publisher, &items[i], traceparent)),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect(),
+        Err(e) => open.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let mut committed = Vec::new();
+    for (&i, result) in open.iter().zip(published) {
+        let item = &items[i];
+        let env = &item.env;
+        match result {
+            Ok(()) => {
+                committed.push(i);
+                answers[i] = Some(Ok((
+                    StatusCode::ACCEPTED,
+                    submit_response(&env.id, JobStatus::Queued, env.created_at),
+                )));
+            }
+            Err(err) => {
+                tracing::warn!(job_id = %env.id, %err, "publish failed; job not accepted");
+                // Leave no `queued` orphan and free the idempotency key for a retry.
+                if let Err(e) = with_retries(|| st.store.discard_submission(&env.id)).await {
+                    tracing::error!(job_id = %env.id, err = %e, "could not discard the unpublished record; it expires by itself");
                 }
-                Err(e) => {
-                    let _ = with_retries(|| st.store.discard_submission(&env.id)).await;
-                    return Err(e.into());
+                if let Some(key) = &item.idem_key {
+                    let _ =
+                        with_retries(|| st.store.release_idempotency(tenant, key, &env.id)).await;
                 }
+                answers[i] = Some(Err(ApiError::unavailable(
+                    "the job could not be queued (broker unavailable); nothing was accepted, try again",
+                )));
             }
         }
     }
+    if !committed.is_empty() {
+        let ids: Vec<&str> = committed
+            .iter()
+            .map(|&i| items[i].env.id.as_str())
+            .collect();
+        if let Err(err) = with_retries(|| st.store.commit_submissions(&ids)).await {
+            // The messages are durable; a worker's claim makes the records permanent too.
+            tracing::warn!(%err, jobs = ids.len(), "could not commit the records after publish");
+        }
+    }
+    for &i in &committed {
+        let env = &items[i].env;
+        tracing::info!(job_id = %env.id, tenant = %tenant, model = %env.model, "job accepted");
+        st.metrics
+            .jobs_submitted
+            .get_or_create(&flotilla_shared::metrics::ModelTenant {
+                model: env.model.clone(),
+                tenant: tenant.to_owned(),
+            })
+            .inc();
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(ApiError::internal(&"no answer for a job"))))
+        .collect()
+}
 
-    if let Err(err) = publish(&st, &env, &traceparent).await {
-        tracing::warn!(job_id = %env.id, %err, "publish failed; job not accepted");
-        // Leave no `queued` orphan and free the idempotency key for a retry.
-        if let Err(e) = with_retries(|| st.store.discard_submission(&env.id)).await {
-            tracing::error!(job_id = %env.id, err = %e, "could not discard the unpublished record; it expires by itself");
-        }
-        if let Some(key) = &idem_key {
-            let _ = with_retries(|| st.store.release_idempotency(&tenant, key, &env.id)).await;
-        }
-        return Err(ApiError::unavailable(
-            "the job could not be queued (broker unavailable); nothing was accepted, try again",
-        ));
-    }
-    if let Err(err) = with_retries(|| st.store.commit_submission(&env.id)).await {
-        // The message is durable; a worker's claim makes the record permanent too.
-        tracing::warn!(job_id = %env.id, %err, "could not commit the record after publish");
-    }
-    tracing::info!(job_id = %env.id, tenant = %tenant, model = %env.model, "job accepted");
-    st.metrics
-        .jobs_submitted
-        .get_or_create(&flotilla_shared::metrics::ModelTenant {
-            model: env.model.clone(),
-            tenant: tenant.clone(),
+/// An idempotency key `item`'s batch found taken: `Ok(())` when it is this job's own
+/// (a retried pipeline) or was freed and is now reserved, else the answer for the job (the
+/// existing job with `200`, or a conflict). Discards `item`'s record unless it proceeds.
+async fn settle_key(st: &AppState, tenant: &str, key: &str, item: &Prepared) -> Result<(), Answer> {
+    let env = &item.env;
+    // Loops only when the key vanished between SET NX and GET (expiry, a failed winner).
+    for _ in 0..5 {
+        match with_retries(|| {
+            st.store
+                .reserve_idempotency(tenant, key, &env.id, &item.body_hash)
         })
-        .inc();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(submit_response(&env.id, JobStatus::Queued, env.created_at)),
-    ))
+        .await
+        {
+            Ok(IdempotencyClaim::Reserved) => return Ok(()),
+            Ok(IdempotencyClaim::Vanished) => continue,
+            // Our own reservation, its reply lost and the pipeline retried.
+            Ok(IdempotencyClaim::Existing { job_id, .. }) if job_id == env.id => return Ok(()),
+            Ok(IdempotencyClaim::Existing {
+                job_id,
+                body_hash: existing_hash,
+            }) => {
+                if let Err(e) = with_retries(|| st.store.discard_submission(&env.id)).await {
+                    return Err(Err(e.into()));
+                }
+                if existing_hash != item.body_hash {
+                    return Err(Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_conflict",
+                        "Idempotency-Key was already used with a different request body",
+                    )));
+                }
+                return Err(match with_retries(|| st.store.get(&job_id)).await {
+                    Ok(Some(existing)) => Ok((
+                        StatusCode::OK,
+                        submit_response(&job_id, existing.job.status, existing.job.created_at),
+                    )),
+                    Ok(None) => Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_conflict",
+                        "the job of this Idempotency-Key failed to enqueue; retry shortly",
+                    )),
+                    Err(e) => Err(e.into()),
+                });
+            }
+            Err(e) => {
+                let _ = with_retries(|| st.store.discard_submission(&env.id)).await;
+                return Err(Err(e.into()));
+            }
+        }
+    }
+    let _ = with_retries(|| st.store.discard_submission(&env.id)).await;
+    Err(Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_conflict",
+        "the Idempotency-Key kept changing hands; retry shortly",
+    )))
 }
 
 async fn publish(
     st: &AppState,
-    env: &Envelope,
+    publisher: &flotilla_shared::amqp::Publisher,
+    item: &Prepared,
     traceparent: &str,
 ) -> Result<(), flotilla_shared::amqp::PublishError> {
-    let publisher = st.broker.publisher().await?;
-    let body = serde_json::to_vec(env).map_err(|e| {
-        flotilla_shared::amqp::PublishError::Returned(format!("unserialisable envelope: {e}"))
-    })?;
     let props = json_properties(
-        &env.id,
+        &item.env.id,
         headers([(TRACEPARENT, traceparent)], [(HEADER_ATTEMPT, 0)]),
     );
     let names = st.store.names();
@@ -271,7 +528,7 @@ async fn publish(
         .map(String::as_str)
         .unwrap_or("default");
     publisher
-        .publish(&names.jobs_exchange(), pool, &body, props)
+        .publish(&names.jobs_exchange(), pool, &item.message, props)
         .await
 }
 

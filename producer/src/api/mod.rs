@@ -3,6 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /v1/jobs` | `202 {id, status, created_at, urls}`; `200` for a repeated `Idempotency-Key` |
+//! | `POST /v1/jobs/batch` | `200 {jobs: [...]}`: each job's own answer (`code` 202, 200 or its error), in order |
 //! | `GET /v1/jobs/{id}` | the job resource |
 //! | `POST /v1/jobs/{id}/cancel` | `200` canceled, `202` cancel requested of a running job, `409` already ended |
 //! | `GET /v1/jobs/{id}/deliveries` | the job's webhook delivery log |
@@ -65,8 +66,13 @@ pub struct AppState {
 /// Builds the router over shared state.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.jobs.max_body_bytes;
+    let batch_limit = state.config.jobs.max_batch_body_bytes;
     Router::new()
         .route("/v1/jobs", post(jobs::create))
+        .route(
+            "/v1/jobs/batch",
+            post(jobs::create_batch).layer(DefaultBodyLimit::max(batch_limit)),
+        )
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/deliveries", get(jobs::deliveries))

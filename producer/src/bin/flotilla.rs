@@ -99,9 +99,13 @@ enum Command {
         /// Params for every job, as JSON.
         #[arg(long)]
         params: Option<String>,
-        /// Concurrent API requests.
-        #[arg(long, default_value_t = 32)]
+        /// Concurrent API requests (at most 4 when --batch is over 1).
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         concurrency: usize,
+        /// Jobs per request: 1 sends one POST /v1/jobs per record, more sends
+        /// POST /v1/jobs/batch requests of that many (at most the API's jobs.max_batch_jobs).
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+        batch: usize,
         /// Only the first N records.
         #[arg(long)]
         limit: Option<usize>,
@@ -298,6 +302,14 @@ enum DlqAction {
         #[command(flatten)]
         filter: DlqFilterArgs,
     },
+}
+
+/// A count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least 1")),
+    }
 }
 
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
@@ -523,6 +535,7 @@ async fn main() -> ExitCode {
             columns,
             params,
             concurrency,
+            batch,
             limit,
             receiver,
             timeout,
@@ -545,6 +558,7 @@ async fn main() -> ExitCode {
                 columns: columns.clone(),
                 params,
                 concurrency: *concurrency,
+                batch: *batch,
                 limit: *limit,
                 receiver: receiver.clone(),
                 timeout: Duration::from_secs(*timeout),

@@ -26,8 +26,11 @@ pub struct RunOptions {
     pub columns: Option<String>,
     /// Params for every job.
     pub params: Option<Value>,
-    /// Concurrent API requests.
+    /// Concurrent API requests (with `batch > 1`, at most [`BATCHES_IN_FLIGHT`] of them).
     pub concurrency: usize,
+    /// Jobs per request: `1` sends one `POST /v1/jobs` per record, more sends
+    /// `POST /v1/jobs/batch` requests of that many.
+    pub batch: usize,
     /// Only the first N records.
     pub limit: Option<usize>,
     /// Base URL of a webhook receiver (`flotilla receiver`); jobs send their events there.
@@ -53,6 +56,9 @@ pub enum RunError {
     #[error("webhook receiver: {0}")]
     Receiver(String),
 }
+
+/// Batch requests in flight at once when `batch > 1`.
+pub const BATCHES_IN_FLIGHT: usize = 4;
 
 fn bar(progress: bool, len: usize, msg: &'static str) -> ProgressBar {
     if !progress {
@@ -102,25 +108,52 @@ pub async fn run(client: &Client, opts: &RunOptions) -> Result<Summary, RunError
 
     // Submit.
     let pb = bar(opts.progress, records.len(), "submit");
-    let submitted: Vec<(usize, Result<String, ClientError>)> =
-        stream::iter(records.iter().enumerate())
-            .map(|(i, rec)| {
-                let req = JobRequest {
-                    model: opts.model.clone(),
-                    input: rec.input.clone(),
-                    params: opts.params.clone(),
-                    webhook: webhook.clone(),
-                    metadata: Some(
-                        json!({"source": rec.source.display().to_string(), "line": rec.line}),
-                    ),
-                    timeout_s: None,
-                    deadline: None,
-                };
-                let key = format!("run-{run_id}-{i}");
+    let reqs: Vec<(JobRequest, Option<String>)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            let req = JobRequest {
+                model: opts.model.clone(),
+                input: rec.input.clone(),
+                params: opts.params.clone(),
+                webhook: webhook.clone(),
+                metadata: Some(
+                    json!({"source": rec.source.display().to_string(), "line": rec.line}),
+                ),
+                timeout_s: None,
+                deadline: None,
+            };
+            // The idempotency key makes a retried submit safe.
+            (req, Some(format!("run-{run_id}-{i}")))
+        })
+        .collect();
+    let submitted: Vec<(usize, Result<String, ClientError>)> = if opts.batch > 1 {
+        let mut out = Vec::with_capacity(reqs.len());
+        for (n, chunk) in reqs.chunks(opts.batch * BATCHES_IN_FLIGHT).enumerate() {
+            let first = n * opts.batch * BATCHES_IN_FLIGHT;
+            let answers = client
+                .submit_many(
+                    chunk,
+                    opts.batch,
+                    opts.concurrency.clamp(1, BATCHES_IN_FLIGHT),
+                )
+                .await;
+            pb.inc(chunk.len() as u64);
+            out.extend(
+                answers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, r)| (first + j, r.map(|s| s.response.id))),
+            );
+        }
+        out
+    } else {
+        stream::iter(reqs.iter().enumerate())
+            .map(|(i, (req, key))| {
                 let pb = pb.clone();
                 async move {
-                    // The idempotency key makes a retried submit safe.
-                    let r = (|| client.submit(&req, Some(&key)))
+                    let key = key.as_deref().unwrap_or_default();
+                    let r = (|| client.submit(req, Some(key)))
                         .retry(
                             ExponentialBuilder::default()
                                 .with_max_times(5)
@@ -135,7 +168,8 @@ pub async fn run(client: &Client, opts: &RunOptions) -> Result<Summary, RunError
             })
             .buffer_unordered(opts.concurrency.max(1))
             .collect()
-            .await;
+            .await
+    };
     pb.finish_and_clear();
     let mut ids: HashMap<usize, String> = HashMap::new();
     let mut submit_errors = 0;

@@ -6,10 +6,11 @@
 #
 # Starts the release producer and one release worker, both under callgrind, in a namespace of
 # their own; submits JOBS (default 3000) zero-latency `sim` jobs, without webhooks, through
-# `flotilla run` (`single`: one request per job; `batch`: requests of 100); waits for every job; stops both
-# processes with SIGTERM; then prints each process's instructions per job (after subtracting
+# curl with the API key and idempotency keys (`single`: one POST /v1/jobs per job; `batch`:
+# POST /v1/jobs/batch of 100), with no worker running; stops the producer; starts the worker,
+# which empties the queue; stops it; then prints each process's instructions per job (after subtracting
 # the same process's start-up and shutdown, measured by an idle run) and its 25 costliest
-# functions (inclusive). Output files stay in target/profile/. Needs `make services` and a
+# functions. Output files stay in target/profile/. Needs `make services` and a
 # release build (`cargo build --release -p flotilla-producer -p flotilla-worker`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +58,12 @@ ready() { # url
   echo "profile: $1 did not become ready" >&2
   return 1
 }
-stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+stop() { # pid (not this shell's child: cg runs in a command substitution)
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
+  echo "profile: process $1 did not exit" >&2
+  return 1
+}
 cleanup() {
   # Queues through rabbitmqctl (this broker may have no management API); keys by pattern.
   rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\." |
@@ -66,22 +72,47 @@ cleanup() {
 }
 trap cleanup EXIT
 
+succeeded() { # job records that ended succeeded
+  redis-cli --scan --pattern "$NS:job:*" | sed 's/^/HGET /; s/$/ status/' | redis-cli |
+    grep -c '^succeeded$' || true
+}
+
 # Start-up and shutdown alone, to subtract.
-for phase in idle work; do
-  P=$(cg "producer-$phase" "$BIN/flotilla-producer" --listen "$API")
-  W=$(cg "worker-$phase" "$BIN/flotilla-worker" --admin-addr "$ADMIN" --worker-id "prof-$phase" --grace-s 5)
-  ready "http://$API/readyz"
-  ready "http://$ADMIN/readyz"
-  if [ "$phase" = work ]; then
-    args=(--batch 1)
-    [ "$MODE" = batch ] && args=(--batch 100)
-    "$BIN/flotilla" run --url "http://$API" --api-key "$KEY" --model sim \
-      --params '{"latency_ms": 0}' --no-progress --json --timeout 1200 "${args[@]}" \
-      "$OUT/jobs.jsonl" >"$OUT/run.json"
-  fi
-  stop "$W"
-  stop "$P"
+P=$(cg producer-idle "$BIN/flotilla-producer" --listen "$API")
+ready "http://$API/readyz"
+stop "$P"
+W=$(cg worker-idle "$BIN/flotilla-worker" --admin-addr "$ADMIN" --worker-id prof-idle --grace-s 5)
+ready "http://$ADMIN/readyz"
+stop "$W"
+
+# The producer alone takes the submissions (curl, so that no client polls it).
+P=$(cg producer-work "$BIN/flotilla-producer" --listen "$API")
+ready "http://$API/readyz"
+mkdir -p "$OUT/req"
+if [ "$MODE" = batch ]; then
+  split -l 100 -d -a 4 "$OUT/jobs.jsonl" "$OUT/req/b"
+  for f in "$OUT"/req/b*; do
+    { printf '{"jobs": ['; sed -E 's/^\{"n": ([0-9]+)\}$/{"model": "sim", "input": {"n": \1}, "params": {"latency_ms": 0}, "idempotency_key": "p-\1"}/' "$f" | paste -sd, -; printf ']}'; } >"$f.json"
+  done
+  ls "$OUT"/req/b*.json | xargs -P 4 -I{} curl -sf -o /dev/null -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' --data-binary @{} "http://$API/v1/jobs/batch"
+else
+  seq 1 "$JOBS" | xargs -P 8 -I{} curl -sf -o /dev/null -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' -H 'Idempotency-Key: p-{}' \
+    --data '{"model": "sim", "input": {"n": {}}, "params": {"latency_ms": 0}}' "http://$API/v1/jobs"
+fi
+stop "$P"
+queued=$(grep -c 'job accepted' "$OUT/producer-work.log" || true)
+[ "$queued" = "$JOBS" ] || { echo "profile: $queued of $JOBS jobs accepted" >&2; exit 1; }
+
+# One worker empties the queue.
+W=$(cg worker-work "$BIN/flotilla-worker" --admin-addr "$ADMIN" --worker-id prof-work --grace-s 5)
+for _ in $(seq 1 1200); do
+  [ "$(succeeded)" = "$JOBS" ] && break
+  sleep 0.5
 done
+stop "$W"
+echo "== $(succeeded) of $JOBS jobs succeeded ($MODE submits)"
 
 total() { grep -m1 -E '^(summary|totals):' "$1" | awk '{print $2}'; }
 for proc in producer worker; do
@@ -96,4 +127,3 @@ for proc in producer worker; do
   callgrind_annotate "$OUT/$proc-work.cg" 2>/dev/null |
     grep -E '^ *[0-9,]+ \(' | sed -n 2,13p | sed -E 's/ \[[^]]*\]$//; s/^/    /' | cut -c1-190 || true
 done
-echo "(run summary: $OUT/run.json)"

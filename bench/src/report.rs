@@ -119,8 +119,8 @@ fn metrics(c: &Config) -> Vec<Metric> {
         m(
             "sim_1w_off",
             format!(
-                "Flotilla sim, 1 worker, webhooks off ({} jobs; client batches of {}, {} in flight)",
-                c.jobs, c.submit_batch, c.submit_concurrency
+                "Flotilla sim, 1 worker (--concurrency {}, its prefetch), webhooks off ({} jobs; client batches of {}, {} in flight)",
+                c.worker_concurrency, c.jobs, c.submit_batch, c.submit_concurrency
             ),
             "jobs/s",
             |r| Some(r.sim_1w_off.per_s),

@@ -336,13 +336,17 @@ async fn wait_ready(p: &Proc, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// The benchmark's config: library defaults, plus one tenant with a webhook secret, plain
-/// HTTP to loopback receivers allowed, and the `sim` model enabled (zero latency).
+/// HTTP to loopback receivers allowed, 64 deliveries in flight per endpoint (one receiver
+/// takes every event), and the `sim` model enabled (zero latency).
 fn render_config(api_key: &str, secret: &str) -> String {
     format!(
         r#"# Written by flotilla-bench; defaults except what the benchmark needs.
 [webhooks]
 allow_private = true
 allow_http = true
+# One local receiver takes every event of the run: let a dispatcher keep 64 requests in flight
+# to it (the default of 8 shares a dispatcher fairly between many tenants' endpoints).
+per_endpoint_concurrency = 64
 
 [models.sim]
 enabled = true

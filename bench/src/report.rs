@@ -137,7 +137,7 @@ fn metrics(c: &Config) -> Vec<Metric> {
         ),
         m(
             "sim_1w_on_webhooks",
-            "Flotilla sim, 1 worker, webhooks on: last verified webhook".into(),
+            "Flotilla sim, 1 worker, webhooks on: last verified webhook (one receiver, per_endpoint_concurrency 64)".into(),
             "jobs/s",
             |r| r.sim_1w_on.webhook_per_s,
             true,

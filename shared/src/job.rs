@@ -456,6 +456,41 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
+/// Deepest JSON nesting accepted in a job message, the envelope object included (serde_json's
+/// own limit is 128). The API refuses a job whose message would be deeper; a worker
+/// dead-letters such a message as `too_deep`.
+pub const MAX_DEPTH: usize = 64;
+
+/// Deepest nesting of `[`/`{` outside strings in JSON `text` (stops counting past
+/// [`MAX_DEPTH`] + 1, so a body of a million `[` costs one short scan).
+pub fn max_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+                if max > MAX_DEPTH {
+                    return max;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

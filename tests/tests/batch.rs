@@ -116,8 +116,43 @@ async fn a_batch_refused_as_a_whole_says_why() {
     assert_eq!(v["jobs"][0]["code"], 422);
     assert_eq!(
         v["jobs"][0]["error"]["message"],
-        "jobs[0].idempotency_key: expected a string"
+        "jobs[0].idempotency_key: expected 1-255 visible ASCII characters"
     );
+    // One key per job, not one for the batch.
+    let header_key = http
+        .post(format!("{base}/v1/jobs/batch"))
+        .bearer_auth(ALPHA_KEY)
+        .header("Idempotency-Key", "whole-batch")
+        .json(&json!({"jobs": [{"model": "tokens", "input": {"text": "a"}}]}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(header_key.status(), StatusCode::BAD_REQUEST);
+    // Each job keeps the single-job limits: size and nesting.
+    let big = "x".repeat(1_100_000);
+    let mut deep = json!("leaf");
+    for _ in 0..70 {
+        deep = json!({ "d": deep });
+    }
+    let resp = post(json!({"jobs": [
+        {"model": "sim", "input": {"blob": big}},
+        {"model": "sim", "input": deep.clone()},
+        {"model": "tokens", "input": {"text": "fine"}, "idempotency_key": ""},
+    ]}))
+    .await
+    .expect("answer");
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["jobs"][0]["code"], 413, "{v}");
+    assert_eq!(v["jobs"][1]["code"], 422, "{v}");
+    assert!(v["jobs"][1]["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("jobs[1]: input, params, metadata: nested too deep")));
+    assert_eq!(v["jobs"][2]["code"], 422, "{v}");
+    let single = client
+        .submit(&flotilla_tests::job("sim", deep, None), None)
+        .await
+        .expect_err("too deep");
+    assert_eq!(single.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     assert_eq!(env.queue_len(&env.names.jobs_queue("default")).await, 0);
 }
 

@@ -1,10 +1,8 @@
 //! Decoding a job message, with the dead-letter reason when it cannot be decoded
 //! (`SCENARIOS.md` S5): `invalid_utf8`, `too_deep`, `invalid_json`, `schema_invalid`.
 
-use flotilla_shared::job::{Envelope, ENVELOPE_VERSION};
-
-/// Deepest JSON nesting accepted in a message (serde_json's own limit is 128).
-pub const MAX_DEPTH: usize = 64;
+pub use flotilla_shared::job::MAX_DEPTH;
+use flotilla_shared::job::{max_depth, Envelope, ENVELOPE_VERSION};
 
 /// Why a message was not decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,35 +57,6 @@ pub fn envelope(body: &[u8]) -> Result<Envelope, DecodeError> {
         ));
     }
     Ok(env)
-}
-
-/// Deepest nesting of `[`/`{` outside strings (stops counting past [`MAX_DEPTH`] + 1).
-fn max_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_str {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-                if max > MAX_DEPTH {
-                    return max;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
 }
 
 #[cfg(test)]

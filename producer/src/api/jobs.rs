@@ -132,13 +132,13 @@ async fn submit(
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let req: JobRequest = parse_body(body, &headers, st.config.jobs.max_body_bytes)?;
     let idem_key = match headers.get(IDEMPOTENCY_HEADER) {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| {
-                    ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key: not ASCII")
-                })?
-                .to_owned(),
-        ),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key: not ASCII")
+            })?;
+            validate::idempotency_key(v)?;
+            Some(v.to_owned())
+        }
         None => None,
     };
     let item = prepare(&st, &tenant, req, idem_key)?;
@@ -178,6 +178,12 @@ async fn submit_batch(
     body: Result<Bytes, BytesRejection>,
     trace: TraceParent,
 ) -> Result<Json<Value>, ApiError> {
+    if headers.contains_key(IDEMPOTENCY_HEADER) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key header: a batch takes one key per job, as jobs[i].idempotency_key",
+        ));
+    }
     let limit = st.config.jobs.max_batch_body_bytes;
     let mut doc: Value = parse_body(body, &headers, limit)?;
     let max = st.config.jobs.max_batch_jobs;
@@ -229,7 +235,8 @@ async fn submit_batch(
     }
     let jobs: Vec<Value> = answers
         .into_iter()
-        .map(|a| match a {
+        .enumerate()
+        .map(|(i, a)| match a {
             Some(Ok((code, resp))) => {
                 let mut v = serde_json::to_value(resp).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
@@ -237,10 +244,17 @@ async fn submit_batch(
                 }
                 v
             }
-            Some(Err(e)) => serde_json::json!({
-                "code": e.status.as_u16(),
-                "error": {"type": e.kind, "message": e.message},
-            }),
+            Some(Err(e)) => {
+                let message = if e.message.starts_with("jobs[") {
+                    e.message
+                } else {
+                    format!("jobs[{i}]: {}", e.message)
+                };
+                serde_json::json!({
+                    "code": e.status.as_u16(),
+                    "error": {"type": e.kind, "message": message},
+                })
+            }
             None => serde_json::json!({
                 "code": 500,
                 "error": {"type": "internal", "message": "no answer for this job"},
@@ -263,19 +277,32 @@ fn batch_item(
     i: usize,
     mut item: Value,
 ) -> Result<Prepared, ApiError> {
+    let limit = st.config.jobs.max_body_bytes;
+    let size = serde_json::to_vec(&item).map_or(usize::MAX, |v| v.len());
+    if size > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("jobs[{i}]: {size} bytes, larger than the limit of {limit} bytes per job"),
+        ));
+    }
     let Some(obj) = item.as_object_mut() else {
         return Err(ApiError::invalid(format!(
             "jobs[{i}]: expected a JSON object"
         )));
     };
+    let bad_key = || {
+        ApiError::invalid(format!(
+            "jobs[{i}].idempotency_key: expected 1-255 visible ASCII characters"
+        ))
+    };
     let idem_key = match obj.remove("idempotency_key") {
         None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(k),
-        Some(_) => {
-            return Err(ApiError::invalid(format!(
-                "jobs[{i}].idempotency_key: expected a string"
-            )))
+        Some(Value::String(k)) => {
+            validate::idempotency_key(&k).map_err(|_| bad_key())?;
+            Some(k)
         }
+        Some(_) => return Err(bad_key()),
     };
     let req: JobRequest = serde_path_to_error::deserialize(item).map_err(|e| {
         let path = e.path().to_string();
@@ -314,9 +341,6 @@ fn prepare(
         .get(tenant)
         .is_some_and(|t| t.webhook_secret.is_some());
     validate::request(&req, &st.config, has_secret)?;
-    if let Some(k) = &idem_key {
-        validate::idempotency_key(k)?;
-    }
     let canonical =
         canonical_json(&serde_json::to_value(&req).map_err(|e| ApiError::internal(&e))?);
     let body_hash = flotilla_shared::sha256_hex(canonical.as_bytes());
@@ -339,6 +363,13 @@ fn prepare(
         timeout_s: req.timeout_s,
     };
     let message = serde_json::to_vec(&env).map_err(|e| ApiError::internal(&e))?;
+    let depth = flotilla_shared::job::max_depth(&String::from_utf8_lossy(&message));
+    if depth > flotilla_shared::job::MAX_DEPTH {
+        return Err(ApiError::invalid(format!(
+            "input, params, metadata: nested too deep (a job message may nest {} levels, the job itself being one)",
+            flotilla_shared::job::MAX_DEPTH
+        )));
+    }
     Ok(Prepared {
         env,
         message,
@@ -359,6 +390,9 @@ async fn enqueue(
     items: Vec<Prepared>,
     traceparent: &str,
 ) -> Vec<Answer> {
+    if items.is_empty() {
+        return Vec::new();
+    }
     let new_jobs: Vec<NewJob<'_>> = items
         .iter()
         .map(|p| NewJob {

@@ -104,7 +104,7 @@ enum Command {
         concurrency: usize,
         /// Jobs per request: 1 sends one POST /v1/jobs per record, more sends
         /// POST /v1/jobs/batch requests of that many (at most the API's jobs.max_batch_jobs).
-        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+        #[arg(long, default_value_t = 100, value_parser = batch_size)]
         batch: usize,
         /// Only the first N records.
         #[arg(long)]
@@ -309,6 +309,16 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("{s:?} is not a whole number of at least 1")),
+    }
+}
+
+/// A batch size: 1 to 1000 (the API's default `jobs.max_batch_jobs`).
+fn batch_size(s: &str) -> Result<usize, String> {
+    match at_least_one(s)? {
+        n if n <= 1000 => Ok(n),
+        n => Err(format!(
+            "{n} is more than 1000, the API's default jobs.max_batch_jobs"
+        )),
     }
 }
 

@@ -261,6 +261,7 @@ struct Scripts {
     set_if_exists: Script,
     cancel: Script,
     reopen: Script,
+    delivery: Script,
 }
 
 /// Handle to the job store. Cheap to clone; clones share one multiplexed connection that
@@ -406,6 +407,7 @@ impl Store {
                 set_if_exists: Script::new(include_str!("lua/set_if_exists.lua")),
                 cancel: Script::new(include_str!("lua/cancel.lua")),
                 reopen: Script::new(include_str!("lua/reopen.lua")),
+                delivery: Script::new(include_str!("lua/delivery.lua")),
             }),
         })
     }
@@ -906,19 +908,28 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one webhook delivery attempt (JSON object) to the job's delivery log.
+    /// Appends one webhook delivery attempt (JSON object) to the job's delivery log and, for a
+    /// final outcome, sets the job's `webhook_status` (while the record exists), in one round
+    /// trip (`lua/delivery.lua`).
     ///
     /// # Errors
     /// [`StoreError`] from Redis.
-    pub async fn log_delivery(&self, id: &str, entry: &Value) -> StoreResult<()> {
-        let key = self.names.deliveries_key(id);
+    pub async fn log_delivery(
+        &self,
+        id: &str,
+        entry: &Value,
+        status: Option<WebhookStatus>,
+    ) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        let _: () = redis::pipe()
-            .rpush(&key, entry.to_string())
-            .ignore()
-            .pexpire(&key, self.ttls.result.as_millis() as i64)
-            .ignore()
-            .query_async(&mut c)
+        let _: i64 = self
+            .scripts
+            .delivery
+            .key(self.names.deliveries_key(id))
+            .key(self.names.job_key(id))
+            .arg(entry.to_string())
+            .arg(self.ttls.result.as_millis() as u64)
+            .arg(status.map_or("", WebhookStatus::as_str))
+            .invoke_async(&mut c)
             .await?;
         Ok(())
     }

@@ -491,6 +491,7 @@ async fn deliver(
             status_class: class,
         })
         .inc();
+    // A success also records the job's webhook_status, in the same round trip.
     log_attempt(
         ctx,
         msg,
@@ -504,7 +505,6 @@ async fn deliver(
     match result {
         Ok(d) => {
             tracing::info!(job_id = %msg.job_id, endpoint = dest, status = d.status, attempt, "webhook delivered");
-            set_status(ctx, &msg.job_id, WebhookStatus::Delivered).await;
             count_final(ctx, "delivered");
             ack(delivery).await;
         }
@@ -596,7 +596,11 @@ async fn log_attempt(
     if let (Some(obj), Some(more)) = (entry.as_object_mut(), fields.as_object()) {
         obj.extend(more.clone());
     }
-    if let Err(err) = ctx.store.log_delivery(&msg.job_id, &entry).await {
+    let status = result.is_ok().then_some(WebhookStatus::Delivered);
+    if let Err(err) = ctx
+        .retry_store(|| ctx.store.log_delivery(&msg.job_id, &entry, status))
+        .await
+    {
         tracing::warn!(%err, "could not append to the delivery log");
     }
 }

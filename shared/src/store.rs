@@ -99,6 +99,9 @@ pub enum Claim {
         first_start: bool,
         /// The record as claimed (what to run).
         job: Box<StoredJob>,
+        /// Whether the record vouched for the delivered message (same envelope hash), so the
+        /// message's envelope is the record's and need not be rebuilt from it.
+        from_message: bool,
     },
 }
 
@@ -256,7 +259,7 @@ struct Scripts {
     finish: Script,
     release: Script,
     renew: Script,
-    submission: Script,
+    discard: Script,
     release_idempotency: Script,
     set_if_exists: Script,
     cancel: Script,
@@ -402,7 +405,7 @@ impl Store {
                 finish: Script::new(include_str!("lua/finish.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
                 renew: Script::new(include_str!("lua/renew.lua")),
-                submission: Script::new(include_str!("lua/submission.lua")),
+                discard: Script::new(include_str!("lua/discard.lua")),
                 release_idempotency: Script::new(include_str!("lua/release_idempotency.lua")),
                 set_if_exists: Script::new(include_str!("lua/set_if_exists.lua")),
                 cancel: Script::new(include_str!("lua/cancel.lua")),
@@ -540,7 +543,7 @@ impl Store {
         let mut c = self.conn.clone();
         let _: i64 = self
             .scripts
-            .submission
+            .discard
             .key(self.names.job_key(id))
             .invoke_async(&mut c)
             .await?;
@@ -679,6 +682,7 @@ impl Store {
             Some("claimed") => Claim::Claimed {
                 attempts: num(1) as u32,
                 first_start: num(2) == 1,
+                from_message: reply.get(3).map(String::as_str) == Some("="),
                 job: Box::new(match (reply.get(3).map(String::as_str), message) {
                     (Some("="), Some((env, _))) => {
                         let field = |i: usize| reply.get(i).filter(|s| !s.is_empty());

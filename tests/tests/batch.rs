@@ -196,33 +196,21 @@ async fn a_message_that_differs_from_its_record_runs_what_the_record_says() {
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(job.input, json!({"text": "the stored text has six tokens"}));
     // The same text submitted normally (its message vouched for by the record) gives the
-    // same output.
-    let control = client
-        .submit(&tokens("the stored text has six tokens"), None)
-        .await
-        .expect("submit")
-        .response
-        .id;
-    let control = client
-        .wait(&control, Duration::from_secs(30))
-        .await
-        .expect("job ends");
+    // same output; the forged text would have given another.
+    let control = run_to_end(&client, "the stored text has six tokens").await;
     assert_eq!(job.output, control.output);
+    let forged_run = run_to_end(&client, "forged").await;
     assert_ne!(
-        job.output,
-        client
-            .wait(
-                &client
-                    .submit(&tokens("forged"), None)
-                    .await
-                    .expect("submit")
-                    .response
-                    .id,
-                Duration::from_secs(30)
-            )
-            .await
-            .expect("job ends")
-            .output,
+        job.output, forged_run.output,
         "the forged input would have given another output"
     );
+}
+
+/// Submits a `tokens` job for `text` and waits for its end.
+async fn run_to_end(client: &flotilla_producer::Client, text: &str) -> flotilla_shared::job::Job {
+    let id = flotilla_tests::submit_id(client, &tokens(text)).await;
+    client
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .expect("job ends")
 }

@@ -160,12 +160,13 @@ async fn process(
             attempts,
             first_start,
             job,
+            from_message,
         } => {
             tracing::Span::current().record("attempt", attempts);
-            (attempts, first_start, job)
+            (attempts, first_start, job, from_message)
         }
     };
-    let (attempts, first_start, stored) = attempts;
+    let (attempts, first_start, stored, from_message) = attempts;
     let _running = InFlight::new(ctx);
     // One trace per job: every attempt's span is a child of the submitting request.
     let job_trace = stored.traceparent.as_deref().and_then(TraceParent::parse);
@@ -174,8 +175,15 @@ async fn process(
         span.record("trace_id", tracing::field::display(tp.trace_id_hex()));
         tp.attach(&span);
     }
-    // Run what the record says (built from the message only when the record vouched for it).
-    let env = &stored.to_envelope();
+    // Run what the record says: the message itself when the record vouched for it (same
+    // envelope hash), else the record's own copy.
+    let from_record;
+    let env = if from_message {
+        env
+    } else {
+        from_record = stored.to_envelope();
+        &from_record
+    };
     if first_start {
         let wait = (claimed_at - env.created_at).num_milliseconds().max(0) as f64 / 1000.0;
         ctx.metrics
